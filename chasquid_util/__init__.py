@@ -1,0 +1,1 @@
+"""chasquid_util."""
