@@ -1,0 +1,316 @@
+"""Reception benchmark: this daemon against Debian's chasquid, side by side in one run.
+
+Usage: .venv/bin/python bench/run.py [--quick] [--messages N] [--time-limit S] [--only ours]
+
+For every message size (1 KiB, 100 KiB), connection count (1, 8, 32, 128) and
+sender mode (null sender on the SMTP port; authenticated submission over
+STARTTLS), it starts each server on the same generated config, sends a
+bounded load on loopback and prints accepted messages/s, p50/p99 latency, the
+server's peak RSS and CPU seconds per 1,000 messages, then our/chasquid
+ratios. Finally it opens 1,000 connections at once, each sending one message.
+Every load is bounded by a message count and a time limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+OURS = Path(sys.executable).parent / "chasquid"
+DEBIAN = Path("/usr/bin/chasquid")
+DOMAIN = "example.test"
+USER = "user"
+PASSWORD = "bench-password"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def self_signed(certs: Path) -> None:
+    """A self-signed certificate for localhost, made with cryptography."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    d = certs / "localhost"
+    d.mkdir(parents=True)
+    (d / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "privkey.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+def legacy_users_file() -> str:
+    """The user in chasquid's protobuf-text format, which both servers read."""
+    salt = os.urandom(16)
+    key = hashlib.scrypt(PASSWORD.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+
+    def octal(b: bytes) -> str:
+        return "".join(f"\\{c:03o}" for c in b)
+
+    return (
+        f'users: {{ key: "{USER}" value: {{ scrypt: {{ logN: 14 r: 8 p: 1 keyLen: 32 '
+        f'salt: "{octal(salt)}" encrypted: "{octal(key)}" }} }} }}\n'
+    )
+
+
+@dataclass(frozen=True)
+class Ports:
+    smtp: int
+    submission: int
+    submission_tls: int
+
+
+def make_config(root: Path, ports: Ports) -> Path:
+    """A config dir both servers load; returns it."""
+    config = root / "config"
+    (config / "domains" / DOMAIN).mkdir(parents=True)
+    self_signed(config / "certs")
+    sink = root / "sink-mda"
+    sink.write_text("#!/bin/sh\nexec cat > /dev/null\n")
+    sink.chmod(0o755)
+    (config / "chasquid.conf").write_text(
+        f'hostname: "localhost"\n'
+        f'smtp_address: "127.0.0.1:{ports.smtp}"\n'
+        f'submission_address: "127.0.0.1:{ports.submission}"\n'
+        f'submission_over_tls_address: "127.0.0.1:{ports.submission_tls}"\n'
+        f'mail_delivery_agent_bin: "{sink}"\n'
+        f'mail_delivery_agent_args: "%to%"\n'
+        f'data_dir: "{root / "data"}"\n'
+        f'mail_log_path: "{root / "mail.log"}"\n'
+    )
+    (config / "domains" / DOMAIN / "users").write_text(legacy_users_file())
+    return config
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime, stime, cutime, cstime: the daemon plus the children it waited for.
+        return sum(int(f) for f in fields[11:15]) / TICKS
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} not open after {timeout}s")
+
+
+def start(name: str, root: Path, ports: Ports) -> Server:
+    """Start one server on a fresh copy of the config (fresh queue each time)."""
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    config = make_config(run_dir, ports)
+    log = open(run_dir / "main.log", "wb")  # noqa: SIM115 - lives as long as the server
+    if name == "ours":
+        cmd = [
+            str(OURS),
+            f"--config_dir={config}",
+            "--config_overrides=max_queue_items: 1000000",
+        ]
+    else:
+        cmd = [str(DEBIAN), f"-config_dir={config}"]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
+    wait_port(ports.smtp, proc)
+    wait_port(ports.submission, proc)
+    return Server(name, proc)
+
+
+def load_for(mode: str, ports: Ports, connections: int, size: int, args: argparse.Namespace
+             ) -> loadgen.Load:
+    common = dict(
+        host="127.0.0.1",
+        connections=connections,
+        messages=args.messages,
+        size=size,
+        rcpt=f"{USER}@{DOMAIN}",
+        time_limit=args.time_limit,
+    )
+    if mode == "null-sender":
+        return loadgen.Load(port=ports.smtp, sender="", **common)  # type: ignore[arg-type]
+    return loadgen.Load(  # type: ignore[arg-type]
+        port=ports.submission,
+        sender=f"{USER}@{DOMAIN}",
+        auth=(f"{USER}@{DOMAIN}", PASSWORD),
+        starttls=True,
+        **common,
+    )
+
+
+def measure(name: str, root: Path, load_fn, label: str) -> dict[str, float | str]:  # type: ignore[no-untyped-def]
+    ports = Ports(free_port(), free_port(), free_port())
+    server = start(name, root, ports)
+    try:
+        cpu0 = server.cpu_seconds()
+        result = asyncio.run(loadgen.run(load_fn(ports)))
+        cpu = server.cpu_seconds() - cpu0
+        rss = server.peak_rss_mib()
+    finally:
+        server.stop()
+    rate = result.accepted / result.elapsed if result.elapsed else 0.0
+    row: dict[str, float | str] = {
+        "server": name,
+        "case": label,
+        "accepted": result.accepted,
+        "refused": result.refused,
+        "errors": result.errors,
+        "msg/s": rate,
+        "p50 ms": result.percentile(50) * 1000,
+        "p99 ms": result.percentile(99) * 1000,
+        "peak RSS MiB": rss,
+        "CPU s/1k msg": cpu / result.accepted * 1000 if result.accepted else float("nan"),
+        "first error": result.first_error[:60],
+    }
+    print(
+        f"{name:7} {label:32} accepted={result.accepted:5} refused={result.refused:4} "
+        f"errors={result.errors:3} {rate:8.1f} msg/s  p50={row['p50 ms']:7.1f}ms "
+        f"p99={row['p99 ms']:7.1f}ms  RSS={rss:6.1f}MiB  CPU/1k={row['CPU s/1k msg']:6.2f}s"
+        + (f"  [{result.first_error[:60]}]" if result.first_error else ""),
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=1000, help="messages per case")
+    parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per case")
+    parser.add_argument("--quick", action="store_true", help="only 8 and 32 connections")
+    parser.add_argument("--only", choices=["ours", "chasquid"], help="run one server only")
+    args = parser.parse_args()
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    servers = ["ours", "chasquid"]
+    if args.only:
+        servers = [args.only]
+    if "chasquid" in servers and not DEBIAN.exists():
+        print("Debian's chasquid is not installed (apt-get install chasquid): ours only")
+        servers = ["ours"]
+
+    connection_counts = [8, 32] if args.quick else [1, 8, 32, 128]
+    print(f"# {' vs '.join(servers)}; {args.messages} messages or {args.time_limit}s per case")
+    root = Path(tempfile.mkdtemp(prefix="chasquid-bench-"))
+    rows = []
+    try:
+        for size in (1024, 100 * 1024):
+            for mode in ("null-sender", "submission"):
+                for n in connection_counts:
+                    label = f"{size // 1024}KiB {mode} c={n}"
+                    for name in servers:
+                        rows.append(
+                            measure(
+                                name,
+                                root,
+                                lambda p, m=mode, n=n, s=size: load_for(m, p, n, s, args),
+                                label,
+                            )
+                        )
+        for name in servers:
+            rows.append(
+                measure(
+                    name,
+                    root,
+                    lambda p: loadgen.Load(
+                        host="127.0.0.1",
+                        port=p.smtp,
+                        connections=1000,
+                        messages=1000,
+                        size=1024,
+                        rcpt=f"{USER}@{DOMAIN}",
+                        time_limit=120,
+                        per_connection_messages=1,
+                    ),
+                    "1KiB null-sender 1000 at once",
+                )
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    if len(servers) == 2:
+        print("\n# ratios ours/chasquid (msg/s higher is better; RSS, CPU lower is better)")
+        by_case: dict[str, dict[str, dict[str, float | str]]] = {}
+        for row in rows:
+            by_case.setdefault(str(row["case"]), {})[str(row["server"])] = row
+        for case, pair in by_case.items():
+            if "ours" not in pair or "chasquid" not in pair:
+                continue
+            o, c = pair["ours"], pair["chasquid"]
+
+            def ratio(key: str, o: dict[str, float | str] = o, c: dict[str, float | str] = c
+                      ) -> float:
+                a, b = float(o[key]), float(c[key])
+                return a / b if b else float("nan")
+
+            print(
+                f"{case:32} msg/s {ratio('msg/s'):5.2f}x  RSS {ratio('peak RSS MiB'):5.2f}x  "
+                f"CPU/1k {ratio('CPU s/1k msg'):5.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
