@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import loadgen  # noqa: E402
+import loadgen
 
 REPO = Path(__file__).resolve().parent.parent
 OURS = Path(sys.executable).parent / "chasquid"
@@ -242,7 +242,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["ours", "chasquid"], help="run one server only")
     args = parser.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     servers = ["ours", "chasquid"]
