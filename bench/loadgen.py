@@ -120,8 +120,9 @@ async def _open(load: Load) -> _Client:
     return client
 
 
-async def _connection(load: Load, body: bytes, budget: list[int], result: Result,
-                      deadline: float) -> None:
+async def _connection(
+    load: Load, body: bytes, budget: list[int], result: Result, deadline: float
+) -> None:
     try:
         client = await _open(load)
     except (OSError, ConnectionError, asyncio.IncompleteReadError) as e:

@@ -179,8 +179,9 @@ def start(name: str, root: Path, ports: Ports) -> Server:
     return Server(name, proc)
 
 
-def load_for(mode: str, ports: Ports, connections: int, size: int, args: argparse.Namespace
-             ) -> loadgen.Load:
+def load_for(
+    mode: str, ports: Ports, connections: int, size: int, args: argparse.Namespace
+) -> loadgen.Load:
     common = dict(
         host="127.0.0.1",
         connections=connections,
@@ -301,8 +302,9 @@ def main() -> None:
                 continue
             o, c = pair["ours"], pair["chasquid"]
 
-            def ratio(key: str, o: dict[str, float | str] = o, c: dict[str, float | str] = c
-                      ) -> float:
+            def ratio(
+                key: str, o: dict[str, float | str] = o, c: dict[str, float | str] = c
+            ) -> float:
                 a, b = float(o[key]), float(c[key])
                 return a / b if b else float("nan")
 
