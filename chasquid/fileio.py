@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -24,13 +25,25 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
     with a dot), which is fsynced, renamed over path, and then the directory
     is fsynced so the rename itself survives a crash.
     """
+    atomic_write_parts(path, (data,), mode)
+
+
+def atomic_write_parts(
+    path: str | os.PathLike[str], parts: Iterable[bytes], mode: int = 0o600
+) -> None:
+    """Like atomic_write, with the content given as consecutive parts.
+
+    Lets callers put a small header before a large body without first
+    concatenating them (a copy of the body).
+    """
     target = Path(path)
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
-            f.write(data)
+            for part in parts:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

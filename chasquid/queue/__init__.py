@@ -1,0 +1,19 @@
+"""The durable mail queue (spec/20 §4)."""
+
+from __future__ import annotations
+
+from chasquid.queue.ids import new_id
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.queue import Queue, QueueError
+from chasquid.queue.store import QueueStore
+
+__all__ = [
+    "Queue",
+    "QueueError",
+    "QueueItem",
+    "QueueStore",
+    "QueuedRecipient",
+    "RecipientKind",
+    "RecipientStatus",
+    "new_id",
+]

@@ -1,0 +1,16 @@
+"""Queue item identifiers: 8 random bytes as unpadded URL-safe base64."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+ID_LENGTH = 11
+
+
+def new_id() -> str:
+    """Return a fresh 11-character id from ``[A-Za-z0-9_-]``.
+
+    Also used for DSN Message-IDs and MIME boundaries.
+    """
+    return base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")

@@ -1,0 +1,181 @@
+"""The queue: accepts messages durably and keeps every pending item in memory.
+
+The per-item delivery loop (spec/20 §4.7) is not here: it plugs in through
+``on_new_item``, called for every item that enters the queue (``put`` and
+``load``), and uses ``get``/``update``/``remove``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from chasquid.errors import ChasquidError
+from chasquid.metrics import Counters
+from chasquid.queue.ids import new_id
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.store import QueueStore, QueueStoreError
+
+log = logging.getLogger("chasquid.queue")
+
+PUT_COUNT = "chasquid/queue/putCount"
+ITEMS_WRITTEN = "chasquid/queue/itemsWritten"
+
+DEFAULT_MAX_ITEMS = 200
+DEFAULT_GIVE_UP = 20 * 3600.0
+
+
+class QueueError(ChasquidError):
+    """An enqueue failure; the message is what follows ``Failed to queue message: ``."""
+
+
+class ResolvedRecipient(Protocol):
+    """What the alias resolver returns per final recipient (chasquid.aliases.Recipient)."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def via(self) -> Sequence[str]: ...
+
+
+class AliasResolver(Protocol):
+    """The part of chasquid.aliases.Resolver the queue needs."""
+
+    async def resolve(self, addr: str) -> Sequence[ResolvedRecipient]: ...
+
+
+NewItemCallback = Callable[[QueueItem], None]
+
+
+class Queue:
+    """Durable queue of items; every item is in memory and on disk."""
+
+    def __init__(
+        self,
+        store: QueueStore,
+        resolver_getter: Callable[[], AliasResolver],
+        max_items: int = DEFAULT_MAX_ITEMS,
+        give_up: float = DEFAULT_GIVE_UP,
+        *,
+        on_new_item: NewItemCallback | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        self.store = store
+        self.counters = counters if counters is not None else Counters()
+        # Only positive values override the defaults (spec/20 §4.6).
+        self.max_items = max_items if max_items > 0 else DEFAULT_MAX_ITEMS
+        self.give_up = give_up if give_up > 0 else DEFAULT_GIVE_UP
+        self.on_new_item = on_new_item
+        self._resolver_getter = resolver_getter
+        self._items: dict[str, QueueItem] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, item_id: str) -> QueueItem | None:
+        """The current version of an item, or None if it is not queued."""
+        return self._items.get(item_id)
+
+    def items(self) -> list[QueueItem]:
+        """A snapshot of every queued item."""
+        return list(self._items.values())
+
+    async def load(self) -> list[QueueItem]:
+        """Load the items on disk (at start-up) and hand each to on_new_item.
+
+        Loaded items are not counted against max_items. Raises QueueError if
+        the directory cannot be created or read.
+        """
+        try:
+            await asyncio.to_thread(self.store.ensure)
+            loaded = await asyncio.to_thread(self.store.load)
+        except QueueStoreError as e:
+            raise QueueError(str(e)) from None
+        for item in loaded:
+            self._register(item)
+        return loaded
+
+    async def put(self, sender: str, rcpts: Iterable[str], data: bytes) -> str:
+        """Queue a message durably and return its id (spec/20 §4.4).
+
+        rcpts are the RCPT addresses as accepted; each is expanded through the
+        current alias resolver. When this returns, the item is on disk.
+        """
+        if len(self._items) >= self.max_items:
+            raise QueueError("Queue size too big, try again later")
+        self.counters.inc(PUT_COUNT)
+
+        resolver = self._resolver_getter()
+        to: list[str] = []
+        queued: list[QueuedRecipient] = []
+        for addr in rcpts:
+            to.append(addr)
+            try:
+                resolved = await resolver.resolve(addr)
+            except Exception as e:
+                raise QueueError(f'error resolving aliases for "{addr}": {e}') from None
+            queued.extend(
+                QueuedRecipient(
+                    address=r.address,
+                    kind=RecipientKind(r.kind),
+                    status=RecipientStatus.PENDING,
+                    original_address=addr,
+                    via=tuple(r.via),
+                )
+                for r in resolved
+            )
+
+        item = QueueItem(
+            id=new_id(),
+            sender=sender,
+            to=tuple(to),
+            rcpts=tuple(queued),
+            data=data,
+            created_at=datetime.now(UTC),
+        )
+        try:
+            await self._write(item)
+        except QueueStoreError as e:
+            raise QueueError(f"failed to write item: {e}") from None
+        self._register(item)
+        return item.id
+
+    async def update(self, item: QueueItem) -> bool:
+        """Replace an item in memory and rewrite it durably.
+
+        A write error is logged and otherwise ignored (spec/20 §4.5): the
+        in-memory version still advances. Returns whether the write succeeded.
+        """
+        if item.id in self._items:
+            self._items[item.id] = item
+        try:
+            await self._write(item)
+        except QueueStoreError as e:
+            log.error("%s: failed to write item: %s", item.id, e)
+            return False
+        return True
+
+    async def remove(self, item_id: str) -> None:
+        """Forget an item and delete its file (a deletion error is only logged)."""
+        self._items.pop(item_id, None)
+        try:
+            await asyncio.to_thread(self.store.remove, item_id)
+        except QueueStoreError as e:
+            log.error("%s: failed to remove queue file: %s", item_id, e)
+
+    async def _write(self, item: QueueItem) -> None:
+        # fsync may take a long time: it must not stall the event loop.
+        await asyncio.to_thread(self.store.write, item)
+        self.counters.inc(ITEMS_WRITTEN)
+
+    def _register(self, item: QueueItem) -> None:
+        self._items[item.id] = item
+        if self.on_new_item is not None:
+            self.on_new_item(item)
