@@ -27,7 +27,7 @@ def dns_override() -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _configure(resolver: dns.resolver.Resolver) -> None:
+def _configure(resolver: dns.resolver.BaseResolver) -> None:
     server = dns_override()
     if server is not None:
         resolver.nameservers = [server[0]]
