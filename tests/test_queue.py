@@ -1,0 +1,371 @@
+"""The queue's enqueue side: item format, store, put/load/update/remove."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import re
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from chasquid.metrics import Counters
+from chasquid.queue import (
+    Queue,
+    QueuedRecipient,
+    QueueError,
+    QueueItem,
+    QueueStore,
+    RecipientKind,
+    RecipientStatus,
+    new_id,
+)
+from chasquid.queue.item import EPOCH, QueueFormatError, read_item
+
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
+
+
+@dataclass(frozen=True)
+class FakeRecipient:
+    address: str
+    kind: str
+    via: tuple[str, ...] = ()
+
+
+class FakeResolver:
+    """Expands a fixed table; unknown addresses resolve to themselves."""
+
+    def __init__(self, table: dict[str, list[FakeRecipient]] | None = None) -> None:
+        self.table = table or {}
+        self.calls: list[str] = []
+
+    async def resolve(self, addr: str) -> Sequence[FakeRecipient]:
+        self.calls.append(addr)
+        if addr == "broken@example.com":
+            raise RuntimeError("exit status 1")
+        return self.table.get(addr, [FakeRecipient(addr, "email")])
+
+
+def make_queue(
+    tmp_path: Path,
+    resolver: FakeResolver | None = None,
+    max_items: int = 200,
+    new_items: list[QueueItem] | None = None,
+) -> tuple[Queue, Counters]:
+    counters = Counters()
+    store = QueueStore(tmp_path / "queue")
+    store.ensure()
+    r = resolver or FakeResolver()
+    cb = new_items.append if new_items is not None else None
+    return Queue(store, lambda: r, max_items, 3600, on_new_item=cb, counters=counters), counters
+
+
+def sample_item(data: bytes = b"Subject: hi\n\nbody\n") -> QueueItem:
+    return QueueItem(
+        id=new_id(),
+        sender="from@example.org",
+        to=("a@example.com", "a@example.com", "list@example.com"),
+        rcpts=(
+            QueuedRecipient("a@example.com", original_address="a@example.com"),
+            QueuedRecipient(
+                "/usr/bin/cmd arg ñ",
+                RecipientKind.PIPE,
+                RecipientStatus.FAILED,
+                "exit status 1\nsecond line",
+                "list@example.com",
+            ),
+            QueuedRecipient(
+                "x@remote.net",
+                RecipientKind.FORWARD,
+                RecipientStatus.SENT,
+                "",
+                "list@example.com",
+                ("mx1.remote.net", "mx2.remote.net:2525"),
+            ),
+        ),
+        data=data,
+        created_at=datetime(2025, 6, 3, 10, 11, 12, 345678, tzinfo=UTC),
+    )
+
+
+def encode_to_bytes(item: QueueItem) -> bytes:
+    head, data = item.encode()
+    return head + data
+
+
+def test_ids_are_11_urlsafe_chars_and_differ() -> None:
+    ids = {new_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(ID_RE.match(i) for i in ids)
+
+
+def test_item_round_trips_through_encoding() -> None:
+    item = sample_item(bytes(range(256)) * 10 + "café\n".encode())
+    back = read_item(io.BytesIO(encode_to_bytes(item)), "m:x")
+    assert back == item
+    assert back.data == item.data
+
+
+def test_encoded_file_is_header_line_envelope_then_raw_message() -> None:
+    item = sample_item(b"From: x\n\nraw body, not base64\n")
+    raw = encode_to_bytes(item)
+    first, rest = raw.split(b"\n", 1)
+    magic, version, head_len, data_len = first.split()
+    assert (magic, version) == (b"chasquid-queue-item", b"1")
+    assert int(data_len) == len(item.data)
+    assert rest[int(head_len) :] == b"\n" + item.data
+
+
+def rewrite_envelope(raw: bytes, old: bytes, new: bytes) -> bytes:
+    """Edit the JSON envelope of an encoded item, keeping the lengths consistent."""
+    first, rest = raw.split(b"\n", 1)
+    parts = first.split()
+    head_len = int(parts[2])
+    head = rest[:head_len].replace(old, new, 1)
+    parts[2] = str(len(head)).encode()
+    return b" ".join(parts) + b"\n" + head + rest[head_len:]
+
+
+def test_with_status_returns_new_instances() -> None:
+    item = sample_item()
+    updated = item.with_status(0, RecipientStatus.FAILED, "550 no such user")
+    assert item.rcpts[0].status is RecipientStatus.PENDING
+    assert updated.rcpts[0].status is RecipientStatus.FAILED
+    assert updated.rcpts[0].last_failure_message == "550 no such user"
+    # The failure message is kept when a later attempt succeeds.
+    sent = updated.with_status(0, RecipientStatus.SENT)
+    assert sent.rcpts[0].last_failure_message == "550 no such user"
+    assert item.pending() == (0,)
+    assert sent.pending() == ()
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda b: b"garbage\n" + b, "bad first line"),
+        (lambda b: b[:-3], "truncated message data"),
+        (lambda b: b + b"extra", "unexpected bytes"),
+        (lambda b: b.replace(b"chasquid-queue-item 1", b"chasquid-queue-item 9", 1), "version 9"),
+        (lambda b: rewrite_envelope(b, b'"from":', b'"from":1,"x":'), "'from' is not a string"),
+        (lambda b: rewrite_envelope(b, b'"status":"pending"', b'"status":"weird"'), "weird"),
+        (lambda b: rewrite_envelope(b, b'"id"', b'"ident"'), "missing key 'id'"),
+        (lambda b: rewrite_envelope(b, b"{", b"["), "bad envelope JSON"),
+    ],
+)
+def test_bad_files_are_rejected_with_a_clear_message(mangle: object, message: str) -> None:
+    raw = encode_to_bytes(sample_item())
+    assert callable(mangle)
+    with pytest.raises(QueueFormatError, match=re.escape(message)) as exc:
+        read_item(io.BytesIO(mangle(raw)), "/q/m:abc")
+    assert str(exc.value).startswith("/q/m:abc: ")
+
+
+def test_missing_created_at_means_epoch() -> None:
+    item = sample_item()
+    raw = encode_to_bytes(item)
+    stamp = b'"created_at":"' + item.created_at.isoformat().encode() + b'",'
+    mangled = rewrite_envelope(raw, stamp, b"")
+    assert mangled != raw
+    assert read_item(io.BytesIO(mangled), "f").created_at == EPOCH
+
+
+def test_store_writes_private_files_named_by_id(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "q")
+    store.ensure()
+    assert stat.S_IMODE(os.stat(tmp_path / "q").st_mode) == 0o700
+    item = sample_item()
+    store.write(item)
+    path = tmp_path / "q" / f"m:{item.id}"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_path / "q") == [f"m:{item.id}"]
+    assert store.load() == [item]
+    store.remove(item.id)
+    assert os.listdir(tmp_path / "q") == []
+    store.remove(item.id)  # already gone: not an error
+
+
+def test_store_load_skips_bad_and_temporary_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = QueueStore(tmp_path)
+    good = sample_item()
+    store.write(good)
+    (tmp_path / "m:broken").write_bytes(b"not a queue file")
+    (tmp_path / f".m:{new_id()}.tmp").write_bytes(b"half written")
+    (tmp_path / "other").write_bytes(b"ignored")
+    with caplog.at_level(logging.ERROR, logger="chasquid.queue"):
+        assert store.load() == [good]
+    assert "m:broken" in caplog.text
+    assert (tmp_path / "m:broken").read_bytes() == b"not a queue file"
+
+
+def test_identity_is_the_id_inside_the_file(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path)
+    item = sample_item()
+    (tmp_path / "m:renamed").write_bytes(encode_to_bytes(item))
+    assert [i.id for i in store.load()] == [item.id]
+    # Removing the item also removes the file it came from, so that it is
+    # not delivered again after a restart.
+    store.remove(item.id)
+    assert os.listdir(tmp_path) == []
+
+
+def test_put_resolves_aliases_and_writes_durably(tmp_path: Path) -> None:
+    resolver = FakeResolver(
+        {
+            "list@example.com": [
+                FakeRecipient("a@example.com", "email"),
+                FakeRecipient("|cat", "pipe"),
+                FakeRecipient("x@remote.net", "forward", ("mx.remote.net",)),
+            ]
+        }
+    )
+    new_items: list[QueueItem] = []
+    queue, counters = make_queue(tmp_path, resolver, new_items=new_items)
+    before = datetime.now(UTC)
+    item_id = asyncio.run(
+        queue.put("from@example.org", ["list@example.com", "b@example.com"], b"msg\n")
+    )
+    assert ID_RE.match(item_id)
+    assert resolver.calls == ["list@example.com", "b@example.com"]
+
+    item = queue.get(item_id)
+    assert item is not None
+    assert new_items == [item]
+    assert len(queue) == 1
+    assert item.sender == "from@example.org"
+    assert item.to == ("list@example.com", "b@example.com")
+    assert before <= item.created_at <= datetime.now(UTC)
+    assert [(r.address, r.kind, r.status, r.original_address, r.via) for r in item.rcpts] == [
+        ("a@example.com", RecipientKind.EMAIL, RecipientStatus.PENDING, "list@example.com", ()),
+        ("|cat", RecipientKind.PIPE, RecipientStatus.PENDING, "list@example.com", ()),
+        (
+            "x@remote.net",
+            RecipientKind.FORWARD,
+            RecipientStatus.PENDING,
+            "list@example.com",
+            ("mx.remote.net",),
+        ),
+        ("b@example.com", RecipientKind.EMAIL, RecipientStatus.PENDING, "b@example.com", ()),
+    ]
+    assert QueueStore(tmp_path / "queue").load() == [item]
+    assert counters.get("chasquid/queue/putCount") == 1
+    assert counters.get("chasquid/queue/itemsWritten") == 1
+
+
+def test_put_alias_error_writes_nothing(tmp_path: Path) -> None:
+    queue, counters = make_queue(tmp_path)
+    with pytest.raises(QueueError) as exc:
+        asyncio.run(queue.put("f@x.org", ["ok@example.com", "broken@example.com"], b"m\n"))
+    assert str(exc.value) == 'error resolving aliases for "broken@example.com": exit status 1'
+    assert len(queue) == 0
+    assert os.listdir(tmp_path / "queue") == []
+    assert counters.get("chasquid/queue/putCount") == 1
+    assert counters.get("chasquid/queue/itemsWritten") == 0
+
+
+def test_put_refuses_when_queue_is_full(tmp_path: Path) -> None:
+    queue, counters = make_queue(tmp_path, max_items=2)
+
+    async def fill() -> None:
+        await queue.put("f@x.org", ["a@example.com"], b"1\n")
+        await queue.put("f@x.org", ["a@example.com"], b"2\n")
+        with pytest.raises(QueueError, match=r"^Queue size too big, try again later$"):
+            await queue.put("f@x.org", ["a@example.com"], b"3\n")
+
+    asyncio.run(fill())
+    assert len(queue) == 2
+    # The refused put is not counted: putCount counts puts past the size check.
+    assert counters.get("chasquid/queue/putCount") == 2
+
+
+def test_put_write_failure_is_reported(tmp_path: Path) -> None:
+    queue, _ = make_queue(tmp_path)
+    (tmp_path / "queue").rmdir()
+    with pytest.raises(QueueError, match=r"^failed to write item: .*m:"):
+        asyncio.run(queue.put("f@x.org", ["a@example.com"], b"1\n"))
+    assert len(queue) == 0
+
+
+def test_load_registers_items_and_is_not_limited(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+    store.ensure()
+    items = [sample_item() for _ in range(3)]
+    for i in items:
+        store.write(i)
+    new_items: list[QueueItem] = []
+    queue, _ = make_queue(tmp_path, max_items=1, new_items=new_items)
+    loaded = asyncio.run(queue.load())
+    assert sorted(i.id for i in loaded) == sorted(i.id for i in items)
+    assert sorted(i.id for i in new_items) == sorted(i.id for i in items)
+    assert len(queue) == 3
+    assert queue.get(items[0].id) == items[0]
+    with pytest.raises(QueueError, match="Queue size too big"):
+        asyncio.run(queue.put("f@x.org", ["a@example.com"], b"1\n"))
+
+
+def test_load_creates_missing_directory(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "data" / "queue")
+    queue = Queue(store, FakeResolver)
+    assert asyncio.run(queue.load()) == []
+    assert (tmp_path / "data" / "queue").is_dir()
+
+
+def test_update_rewrites_and_remove_deletes(tmp_path: Path) -> None:
+    queue, counters = make_queue(tmp_path)
+
+    async def run() -> None:
+        item_id = await queue.put("f@x.org", ["a@example.com"], b"1\n")
+        item = queue.get(item_id)
+        assert item is not None
+        failed = item.with_status(0, RecipientStatus.FAILED, "boom")
+        assert await queue.update(failed)
+        assert queue.get(item_id) == failed
+        assert QueueStore(tmp_path / "queue").load() == [failed]
+        assert counters.get("chasquid/queue/itemsWritten") == 2
+        await queue.remove(item_id)
+        assert queue.get(item_id) is None
+        assert len(queue) == 0
+        assert os.listdir(tmp_path / "queue") == []
+
+    asyncio.run(run())
+
+
+def test_update_write_error_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue, _ = make_queue(tmp_path)
+
+    async def run() -> None:
+        item_id = await queue.put("f@x.org", ["a@example.com"], b"1\n")
+        item = queue.get(item_id)
+        assert item is not None
+        os.unlink(tmp_path / "queue" / f"m:{item_id}")
+        (tmp_path / "queue").rmdir()
+        sent = item.with_status(0, RecipientStatus.SENT)
+        with caplog.at_level(logging.ERROR, logger="chasquid.queue"):
+            assert not await queue.update(sent)
+        assert queue.get(item_id) == sent
+
+    asyncio.run(run())
+    assert "failed to write item" in caplog.text
+
+
+def test_items_and_data_are_not_copied(tmp_path: Path) -> None:
+    queue, _ = make_queue(tmp_path)
+    data = b"x" * (100 * 1024)
+
+    async def run() -> str:
+        return await queue.put("f@x.org", ["a@example.com"], data)
+
+    item_id = asyncio.run(run())
+    item = queue.get(item_id)
+    assert item is not None
+    assert item.data is data
+    assert [i.id for i in queue.items()] == [item_id]

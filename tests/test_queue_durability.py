@@ -1,0 +1,98 @@
+"""A put() that returned survives the process being killed at once (SIGKILL)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from chasquid.queue import QueueStore
+
+# Puts items forever (bounded by the parent), printing each id as soon as put
+# returns; the parent kills it with SIGKILL without warning.
+PUTTER = r"""
+import asyncio, sys
+from dataclasses import dataclass
+from chasquid.queue import Queue, QueueStore
+
+@dataclass(frozen=True)
+class R:
+    address: str
+    kind: str = "email"
+    via: tuple[str, ...] = ()
+
+class Resolver:
+    async def resolve(self, addr):
+        return [R(addr)]
+
+async def main():
+    queue = Queue(QueueStore(sys.argv[1]), Resolver)
+    await queue.load()
+    size = int(sys.argv[2])
+    for n in range(10_000):
+        data = (b"%d " % n) * (size // 8) + b"\n"
+        item_id = await queue.put("f@example.org", ["to@example.com"], data)
+        sys.stdout.write(f"{item_id} {len(data)}\n")
+        sys.stdout.flush()
+
+asyncio.run(main())
+"""
+
+
+def run_and_kill(queue_dir: Path, size: int, kill_after: int) -> dict[str, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PUTTER, str(queue_dir), str(size)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    out = b""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + 60
+    try:
+        while out.count(b"\n") < kill_after and time.monotonic() < deadline:
+            if sel.select(timeout=1):
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+        proc.send_signal(signal.SIGKILL)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        sel.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    out += rest
+    assert proc.returncode == -signal.SIGKILL, err.decode()
+    # Only complete lines are ids whose put() had returned.
+    lines = out.split(b"\n")[:-1]
+    assert len(lines) >= kill_after, err.decode()
+    return {i.decode(): int(n) for i, n in (line.split() for line in lines)}
+
+
+def test_every_returned_put_survives_sigkill(tmp_path: Path) -> None:
+    queue_dir = tmp_path / "queue"
+    returned = run_and_kill(queue_dir, size=1024, kill_after=30)
+    loaded = {item.id: item for item in QueueStore(queue_dir).load()}
+    missing = set(returned) - set(loaded)
+    assert not missing, f"items lost after SIGKILL: {sorted(missing)}"
+    for item_id, length in returned.items():
+        assert len(loaded[item_id].data) == length
+        assert loaded[item_id].rcpts[0].address == "to@example.com"
+    # Nothing but complete items and (possibly) one temporary dot-file remain.
+    leftovers = [n for n in os.listdir(queue_dir) if not n.startswith((".", "m:"))]
+    assert leftovers == []
+
+
+def test_large_items_survive_sigkill(tmp_path: Path) -> None:
+    queue_dir = tmp_path / "queue"
+    returned = run_and_kill(queue_dir, size=100 * 1024, kill_after=5)
+    loaded = {item.id: len(item.data) for item in QueueStore(queue_dir).load()}
+    for item_id, length in returned.items():
+        assert loaded.get(item_id) == length
