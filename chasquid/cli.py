@@ -1,0 +1,201 @@
+"""The ``chasquid`` command: Go-style flags (spec/30 §2.1), then the daemon."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+
+import click
+
+from chasquid.gofmt import DurationError, parse_duration
+
+#: Boolean flags, which Go lets one write ``-name``, ``-name=true`` or ``-name=false``.
+BOOL_FLAGS = ("version", "logtime", "alsologtostderr")
+
+_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+_ASSIGNMENT = re.compile(r"^(--?)([A-Za-z0-9_-]+)=(.*)$", re.DOTALL)
+
+
+def go_style_argv(args: Sequence[str]) -> list[str]:
+    """Rewrite the Go spellings click does not know into ones it does.
+
+    ``-flag=true``/``-flag=false`` become ``--flag``/``--no-flag`` and ``-v=N``
+    becomes ``--v=N``; everything else is passed through unchanged. Parsing
+    stops rewriting after ``--``.
+    """
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        m = _ASSIGNMENT.match(arg)
+        if not m:
+            out.append(arg)
+            continue
+        name, value = m.group(2), m.group(3)
+        if name in BOOL_FLAGS:
+            if value in _GO_TRUE:
+                out.append(f"--{name}")
+            elif value in _GO_FALSE:
+                out.append(f"--no-{name}")
+            else:
+                raise click.UsageError(f'invalid boolean value "{value}" for -{name}: parse error')
+        elif name == "v":
+            out.append(f"--v={value}")
+        else:
+            out.append(arg)
+    return out
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | float) -> float:
+    """Click callback turning a Go duration (``30s``, ``1m30s``) into seconds."""
+    if isinstance(value, float | int):
+        return float(value)
+    try:
+        return parse_duration(value)
+    except DurationError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
+def _names(name: str, *extra: str) -> list[str]:
+    """Declarations for one flag in every spelling: ``-name``, ``--name`` and ``--na-me``."""
+    decls = [f"-{name}", f"--{name}"]
+    dashed = name.replace("_", "-")
+    if dashed != name:
+        decls.append(f"--{dashed}")
+    decls.extend(extra)
+    decls.append(name)
+    return decls
+
+
+def _bool_names(name: str) -> list[str]:
+    return [f"-{name}/-no{name}", f"--{name}/--no-{name}", name]
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "-help", "--help"]},
+    help="chasquid, an SMTP server for small mail servers.",
+)
+@click.option(
+    *_names("config_dir", "-C"),
+    default="/etc/chasquid",
+    show_default=True,
+    metavar="DIR",
+    help="Configuration directory.",
+)
+@click.option(
+    *_names("config_overrides"),
+    default="",
+    metavar="TEXT",
+    help="Configuration text overlaid on chasquid.conf (same syntax; newlines or a YAML flow "
+    'mapping such as {hostname: "a", max_data_size_mb: 10} give several keys).',
+)
+@click.option(
+    *_bool_names("version"),
+    default=False,
+    help="Print the version and exit, before reading any configuration.",
+)
+@click.option(
+    "-v",
+    "--v",
+    "v",
+    type=int,
+    default=0,
+    show_default=True,
+    metavar="LEVEL",
+    help="Log verbosity: -2 fatal, -1 error, 0 info, 1 debug (and trace events).",
+)
+@click.option(
+    *_names("logfile"),
+    default="",
+    metavar="PATH",
+    help="Write the main log to this file (appended, with timestamps; reopened on SIGHUP).",
+)
+@click.option(
+    *_bool_names("logtime"),
+    default=False,
+    help="Prefix log lines written to stderr with timestamps.",
+)
+@click.option(
+    *_names("logtosyslog"),
+    default="",
+    metavar="TAG",
+    help="Write the main log to syslog with this tag; takes precedence over --logfile.",
+)
+@click.option(
+    *_bool_names("alsologtostderr"),
+    default=False,
+    help="When logging to a file or syslog, also copy every line to stderr.",
+)
+@click.option(
+    *_names("testing__reload_every"),
+    callback=_duration,
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="For tests only: how often users and aliases are reloaded (Go duration, e.g. 30s).",
+)
+@click.option(
+    *_names("testing__max_received_headers"),
+    type=int,
+    default=50,
+    show_default=True,
+    metavar="N",
+    help="For tests only: Received: header count above which a message is a loop.",
+)
+@click.argument("ignored", nargs=-1, type=click.UNPROCESSED)
+def command(
+    config_dir: str,
+    config_overrides: str,
+    version: bool,
+    v: int,
+    logfile: str,
+    logtime: bool,
+    logtosyslog: str,
+    alsologtostderr: bool,
+    testing__reload_every: float,
+    testing__max_received_headers: int,
+    ignored: tuple[str, ...],
+) -> None:
+    """Run the daemon (the docstring is not shown: click uses the help= text)."""
+    from chasquid.version import version_line
+
+    if version:
+        click.echo(version_line())
+        return
+
+    from chasquid import daemon
+    from chasquid.mainlog import LogOptions, MainLog, MainLogError
+
+    log_options = LogOptions(
+        verbosity=v,
+        logfile=logfile,
+        logtime=logtime,
+        logtosyslog=logtosyslog,
+        alsologtostderr=alsologtostderr,
+    )
+    try:
+        mainlog = MainLog.setup(log_options)
+    except MainLogError as e:
+        click.echo(f"Error opening log: {e}", err=True)
+        sys.exit(1)
+    options = daemon.DaemonOptions(
+        config_dir=config_dir,
+        config_overrides=config_overrides,
+        reload_every=testing__reload_every,
+        max_received_headers=testing__max_received_headers,
+    )
+    sys.exit(daemon.run(options, mainlog))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rewritten = go_style_argv(args)
+    except click.UsageError as e:
+        e.show()
+        sys.exit(2)
+    command.main(args=rewritten, prog_name="chasquid")
