@@ -105,14 +105,23 @@ class _StreamSink:
         pass
 
 
+def _make_parents(directory: Path) -> None:
+    # os.makedirs gives intermediate directories the default mode; every
+    # directory created here must be 0775. Errors are ignored: opening the
+    # file reports the useful one.
+    missing = [d for d in (directory, *directory.parents) if not d.exists()]
+    for d in reversed(missing):
+        with contextlib.suppress(OSError):
+            d.mkdir(mode=0o775)
+
+
 class _FileSink:
     timestamps = True
 
     def __init__(self, path: Path) -> None:
         self._path = path
         # Errors are ignored here: the open below reports the useful one.
-        with contextlib.suppress(OSError):
-            os.makedirs(path.parent, mode=0o775, exist_ok=True)
+        _make_parents(path.parent)
         self._fd = self._open()
 
     def _open(self) -> int:
