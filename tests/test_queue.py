@@ -369,3 +369,37 @@ def test_items_and_data_are_not_copied(tmp_path: Path) -> None:
     assert item is not None
     assert item.data is data
     assert [i.id for i in queue.items()] == [item_id]
+
+
+def test_put_with_the_real_alias_resolver(tmp_path: Path) -> None:
+    from chasquid.aliases import Resolver, parse_aliases
+
+    hook = tmp_path / "alias-resolve"
+    hook.write_text('#!/bin/sh\n[ "$1" = roto@testserver ] && exit 1\nexit 0\n')
+    hook.chmod(0o755)
+    table = parse_aliases(
+        "list: a, fwd@remote.net via mx.remote.net\npipe: | cat -n\n",
+        "testserver",
+        "aliases",
+        ".",
+        "+",
+    )
+    resolver = Resolver(
+        aliases=table, local_domains=frozenset({"testserver"}), hook=hook, hook_cwd=tmp_path
+    )
+    counters = Counters()
+    store = QueueStore(tmp_path / "queue")
+    store.ensure()
+    queue = Queue(store, lambda: resolver, counters=counters)
+
+    item_id = asyncio.run(queue.put("f@x.org", ["list@testserver", "pipe@testserver"], b"m\n"))
+    item = queue.get(item_id)
+    assert item is not None
+    assert [(r.address, r.kind, r.via) for r in item.rcpts] == [
+        ("a@testserver", RecipientKind.EMAIL, ()),
+        ("fwd@remote.net", RecipientKind.FORWARD, ("mx.remote.net",)),
+        ("cat -n", RecipientKind.PIPE, ()),
+    ]
+    with pytest.raises(QueueError) as exc:
+        asyncio.run(queue.put("f@x.org", ["roto@testserver"], b"m\n"))
+    assert str(exc.value) == 'error resolving aliases for "roto@testserver": exit status 1'
