@@ -271,10 +271,17 @@ class _LayerParser:
         except yaml.MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else None
-            key = _key_at_line(pre, line) if line else None
-            problem = e.problem or e.context or "invalid syntax"
-            col = f" (column {mark.column + 1})" if mark else ""
-            raise self.error(line, key, f"YAML syntax error: {problem}{col}") from e
+            # The construct being parsed (e.g. a flow list) tells which key
+            # the broken entry belongs to better than the line of the problem.
+            ctx = e.context_mark if e.context_mark and e.context_mark.column > 0 else None
+            key_line = ctx.line + 1 if ctx else line
+            key = _key_at_line(pre, key_line) if key_line else None
+            detail = f"YAML syntax error: {e.problem or 'invalid syntax'}"
+            if mark:
+                detail += f" at column {mark.column + 1}"
+            if e.context and ctx and ctx.line + 1 != line:
+                detail += f" ({e.context} that starts on line {ctx.line + 1})"
+            raise self.error(line, key, detail) from e
         except yaml.YAMLError as e:
             raise self.error(None, None, f"YAML error: {e}") from e
         if root is None:
