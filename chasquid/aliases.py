@@ -18,6 +18,7 @@ from typing import Protocol
 
 from chasquid.errors import ChasquidError
 from chasquid.hooks import HookError, HookMissingError, run_hook
+from chasquid.metrics import Counters
 from chasquid.normalize import (
     NormalizationError,
     clean,
@@ -34,6 +35,8 @@ HOOK_TIMEOUT = 5.0
 MAX_LINE = 64 * 1024
 
 _VIA = " via "
+#: Monitoring counter of alias-resolve hook outcomes (spec/30 monitoring).
+HOOK_COUNTER = "chasquid/aliases/hookResults"
 
 
 class AliasError(ChasquidError):
@@ -218,6 +221,7 @@ class Resolver:
     hook_cwd: Path | None = None
     hook_timeout: float = HOOK_TIMEOUT
     fallback: UserFallback | None = None
+    counters: Counters | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         # Freeze the caller's dicts so the snapshot cannot change under a session.
@@ -229,24 +233,33 @@ class Resolver:
         _, domain = split_addr(addr)
         return not domain or domain in self.local_domains
 
+    def _count(self, result: str) -> None:
+        if self.counters is not None:
+            self.counters.inc(HOOK_COUNTER, f"resolve:{result}")
+
     async def _run_hook(self, addr: str) -> tuple[Recipient, ...]:
         if self.hook is None:
+            self._count("notset")
             return ()
         try:
             result = await run_hook(self.hook, [addr], cwd=self.hook_cwd, timeout=self.hook_timeout)
         except HookMissingError:
+            self._count("skip")
             return ()
         except HookError as e:
+            self._count("fail")
             raise AliasError(str(e)) from None
         if not result.ok:
+            self._count("fail")
             raise AliasError(result.error_text())
         output = result.stdout.decode("utf-8", "replace").strip()
-        if not output:
-            return ()
         try:
-            return _parse_rhs(output, split_addr(addr)[1])
+            parsed = _parse_rhs(output, split_addr(addr)[1]) if output else ()
         except _RhsError as e:
+            self._count("parse_err")
             raise AliasError(f"alias-resolve hook output: {e}") from None
+        self._count("success")
+        return parsed
 
     def _key(self, addr: str) -> str:
         return remove_drops(addr, self.drops, self.separators)

@@ -18,6 +18,7 @@ from chasquid.aliases import AliasError, Recipient, Resolver, UserFallback, load
 from chasquid.errors import ChasquidError
 from chasquid.gofmt import go_quote_ascii
 from chasquid.layout import ConfigDir
+from chasquid.metrics import Counters
 from chasquid.normalize import NormalizationError, normalize_domain
 from chasquid.userdb import UserDB, UserDBError
 
@@ -124,6 +125,7 @@ def _build(
         hook_cwd=template.hook_cwd,
         hook_timeout=template.hook_timeout,
         fallback=template.fallback,
+        counters=template.counters,
     )
     return Domains(
         local=local,
@@ -140,11 +142,13 @@ def load_domains(
     config: Config,
     *,
     user_fallback: UserFallback | None = None,
+    counters: Counters | None = None,
 ) -> Domains:
     """Discover and load every local domain under config_dir (start-up).
 
     user_fallback (e.g. Dovecot) is asked about users a domain's database
-    does not know. Raises DomainsError with the message to log.
+    does not know; counters receive the alias-resolve hook results. Raises
+    DomainsError with the message to log.
     """
     layout = ConfigDir(Path(config_dir))
     template = Resolver(
@@ -153,6 +157,7 @@ def load_domains(
         hook=layout.alias_resolve_hook,
         hook_cwd=layout.root,
         fallback=user_fallback,
+        counters=counters,
     )
     return _build(discover(layout.domains), template)
 

@@ -18,6 +18,7 @@ from chasquid.aliases import (
     parse_aliases,
     parse_rhs,
 )
+from chasquid.metrics import Counters
 
 EMAIL, PIPE, FORWARD = RecipientKind.EMAIL, RecipientKind.PIPE, RecipientKind.FORWARD
 
@@ -353,6 +354,26 @@ def test_hook_not_executable(tmp_path: Path) -> None:
 def test_hook_missing_is_skipped(tmp_path: Path) -> None:
     r = resolver({"dom": ""}, hook=tmp_path / "hooks" / "alias-resolve", hook_cwd=tmp_path)
     assert resolve(r, "a@dom") == emails("a@dom")
+
+
+def test_hook_result_counters(tmp_path: Path) -> None:
+    counters = Counters()
+    name = "chasquid/aliases/hookResults"
+    missing = tmp_path / "hooks" / "alias-resolve"
+    resolve(resolver({"dom": "a: b@remote\n"}, counters=counters), "a@dom")
+    assert counters.get(name, "resolve:notset") == 1
+    resolve(resolver({"dom": ""}, hook=missing, counters=counters), "a@dom")
+    assert counters.get(name, "resolve:skip") == 3  # exact, cleaned, catch-all
+    h = hook(tmp_path, 'case "$1" in ok*) echo x@remote;; bad*) echo "a b";; *) exit 3;; esac\n')
+    r = resolver({"dom": ""}, hook=h, hook_cwd=tmp_path, counters=counters)
+    resolve(r, "ok@dom")
+    assert counters.get(name, "resolve:success") == 1
+    with pytest.raises(AliasError):
+        resolve(r, "bad@dom")
+    assert counters.get(name, "resolve:parse_err") == 1
+    with pytest.raises(AliasError, match="exit status 3"):
+        resolve(r, "fail@dom")
+    assert counters.get(name, "resolve:fail") == 1
 
 
 def test_hook_makes_recipient_exist(tmp_path: Path) -> None:
