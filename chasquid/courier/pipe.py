@@ -1,0 +1,39 @@
+"""Delivery to a pipe alias: run the command with the message on stdin (spec/20 §6.3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from chasquid.courier.base import DeliveryError
+from chasquid.courier.process import ProgramStartError, resolve_program, run_program
+
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class PipeCourier:
+    """Runs a pipe alias's command line; every failure is permanent."""
+
+    config_dir: Path
+    timeout: float = DEFAULT_TIMEOUT
+
+    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
+        """Run rcpt (the alias's command line) with data, LF endings as stored, on stdin."""
+        words = rcpt.split()
+        if not words:
+            raise DeliveryError("empty pipe", permanent=True)
+        try:
+            program = resolve_program(words[0], self.config_dir)
+            result = await run_program(
+                [program, *words[1:]],
+                stdin=data,
+                cwd=self.config_dir,
+                timeout=self.timeout,
+                capture=False,
+            )
+        except ProgramStartError as e:
+            raise DeliveryError(str(e), permanent=True) from e
+        if result.returncode != 0:
+            # A timeout kills the process, so it reads as "signal: killed".
+            raise DeliveryError(result.reason(), permanent=True)
