@@ -1,0 +1,1 @@
+"""SMTP reception: listeners' sessions, TLS/SNI, AUTH, SPF, DATA, added headers, hooks."""

@@ -1,0 +1,117 @@
+"""AUTH PLAIN and LOGIN: decoding the client's responses and checking credentials.
+
+Checks run in worker threads (scrypt is slow and memory-hungry), bounded by a
+semaphore, and are padded in time so that failures and successes look alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import random
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+from chasquid.errors import ChasquidError
+from chasquid.normalize import NormalizationError, normalize_domain, normalize_user
+
+MECHANISMS = ("PLAIN", "LOGIN")
+MIN_DURATION = 0.1
+
+
+class AuthDecodeError(ChasquidError):
+    """The client's AUTH response cannot be decoded (reply 501 5.5.2)."""
+
+
+class AuthBackendError(ChasquidError):
+    """The credentials could not be checked (reply 454 4.7.0)."""
+
+
+class UserChecker(Protocol):
+    """What AUTH needs from a domain's user database."""
+
+    def authenticate(self, user: str, password: str) -> bool:
+        """Whether the password is right for a user allowed to log in (blocking)."""
+        ...
+
+
+def b64decode(text: str) -> bytes:
+    """Strict standard base64 with padding; ``*`` (cancel) and ``=`` are errors."""
+    if text == "*":
+        raise AuthDecodeError("authentication cancelled by the client")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as e:
+        raise AuthDecodeError(f"invalid base64: {e}") from None
+    if not raw:
+        raise AuthDecodeError("empty response")
+    return raw
+
+
+def _utf8(raw: bytes, what: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise AuthDecodeError(f"{what} is not valid UTF-8") from None
+
+
+def decode_plain(response: str) -> tuple[str, str]:
+    """Decode a PLAIN response into (identity, password)."""
+    parts = b64decode(response).split(b"\x00", 2)
+    if len(parts) < 3:
+        raise AuthDecodeError("response must have 3 NUL-separated parts")
+    authzid, authcid = _utf8(parts[0], "authzid"), _utf8(parts[1], "authcid")
+    if authzid and authcid and authzid != authcid:
+        raise AuthDecodeError("authzid and authcid differ")
+    identity = authcid or authzid
+    if not identity:
+        raise AuthDecodeError("empty identity")
+    return identity, _utf8(parts[2], "password")
+
+
+def decode_login_field(response: str, what: str) -> str:
+    """Decode one LOGIN step (user name or password)."""
+    return _utf8(b64decode(response), what)
+
+
+def split_identity(identity: str) -> tuple[str, str]:
+    """Normalized (user, domain) of an identity; no ``@`` gives an empty domain."""
+    user, _, domain = identity.partition("@")
+    try:
+        nuser = normalize_user(user)
+        ndomain = normalize_domain(domain) if domain else ""
+    except NormalizationError as e:
+        raise AuthDecodeError(str(e)) from None
+    return nuser, ndomain
+
+
+class Authenticator:
+    """Checks credentials against the per-domain user databases."""
+
+    def __init__(self, max_concurrent: int | None = None) -> None:
+        self._sem = asyncio.Semaphore(max_concurrent or 2 * (os.cpu_count() or 1))
+
+    async def authenticate(
+        self, users: Mapping[str, UserChecker], user: str, domain: str, password: str
+    ) -> bool:
+        """True if ``user@domain`` has that password; padded to at least ~100 ms."""
+        start = time.monotonic()
+        try:
+            db = users.get(domain)
+            if db is None:
+                return False
+            async with self._sem:
+                try:
+                    return await asyncio.to_thread(db.authenticate, user, password)
+                except ChasquidError as e:
+                    raise AuthBackendError(str(e)) from None
+                except OSError as e:
+                    raise AuthBackendError(str(e)) from None
+        finally:
+            remaining = MIN_DURATION - (time.monotonic() - start)
+            if remaining > 0:
+                # Randomness hides how long the real check took.
+                await asyncio.sleep(remaining * (1 + random.uniform(0, 0.2)))

@@ -1,0 +1,147 @@
+"""TLS certificates from ``certs/<name>/`` and SNI-based selection (spec/10 §2, spec/30 §1.7)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from chasquid.errors import ChasquidError
+
+log = logging.getLogger("chasquid.smtpsrv")
+
+# Attribute under which the SNI callback leaves the client's server name on
+# the SSL object, for the session to read after the handshake.
+SNI_ATTR = "chasquid_sni"
+_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class CertError(ChasquidError):
+    """The certificates directory or a certificate in it cannot be used."""
+
+
+def valid_hostname(name: str) -> bool:
+    """Whether ``name`` is a syntactically valid (ASCII, LDH) host name."""
+    if not name or len(name) > 253:
+        return False
+    labels = name.removesuffix(".").split(".")
+    return all(_LABEL.match(label) for label in labels)
+
+
+def _names(pem: bytes) -> tuple[str, ...]:
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return tuple(n.lower().rstrip(".") for n in names)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if pattern == name:
+        return True
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return False
+
+
+def _context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Session tickets off: a work-around for a Microsoft client bug (§2.2).
+    ctx.options |= ssl.OP_NO_TICKET
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """One loaded certificate: the directory name, its DNS names and its context."""
+
+    name: str
+    names: tuple[str, ...]
+    context: ssl.SSLContext
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """All loaded certificates, in load order; the first is the default."""
+
+    certs: tuple[Certificate, ...]
+
+    def choose(self, server_name: str | None) -> Certificate:
+        """The certificate for a client's SNI: exact name, then wildcard, else the first."""
+        if server_name and len(self.certs) > 1:
+            wanted = server_name.lower().rstrip(".")
+            for cert in self.certs:
+                if wanted in cert.names:
+                    return cert
+            for cert in self.certs:
+                if any(_matches(p, wanted) for p in cert.names):
+                    return cert
+        return self.certs[0]
+
+    def server_context(self) -> ssl.SSLContext:
+        """The context to give the TLS layer; it switches certificate by SNI."""
+        primary = self.certs[0].context
+        primary.sni_callback = self._sni_callback
+        return primary
+
+    def _sni_callback(
+        self, obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> None:
+        with contextlib.suppress(AttributeError):
+            setattr(obj, SNI_ATTR, server_name or "")
+        chosen = self.choose(server_name)
+        if chosen.context is not obj.context:
+            obj.context = chosen.context
+
+
+def load_certificate(name: str, fullchain: Path, privkey: Path) -> Certificate:
+    """Load one certificate pair; raises CertError naming the files."""
+    try:
+        pem = fullchain.read_bytes()
+        names = _names(pem)
+    except (OSError, ValueError) as e:
+        raise CertError(f"{fullchain}: cannot load certificate: {e}") from None
+    ctx = _context()
+    try:
+        ctx.load_cert_chain(str(fullchain), str(privkey))
+    except (OSError, ssl.SSLError) as e:
+        raise CertError(f"{fullchain}, {privkey}: cannot load certificate pair: {e}") from None
+    return Certificate(name=name, names=names, context=ctx)
+
+
+def load_certificates(certs_dir: str | os.PathLike[str]) -> Certificates:
+    """Load ``<certs_dir>/<name>/{fullchain,privkey}.pem`` for every entry, in name order."""
+    root = Path(certs_dir)
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as e:
+        raise CertError(f"{root}: cannot read certificates directory: {e.strerror}") from None
+    if not entries:
+        raise CertError(f"{root}: no certificates found (the directory is empty)")
+    loaded: list[Certificate] = []
+    for entry in entries:
+        path = root / entry
+        if not path.is_dir():
+            continue
+        fullchain, privkey = path / "fullchain.pem", path / "privkey.pem"
+        if not fullchain.exists() or not privkey.exists():
+            log.info("%s: skipping, it lacks fullchain.pem or privkey.pem", path)
+            continue
+        loaded.append(load_certificate(entry, fullchain, privkey))
+    if not loaded:
+        raise CertError(
+            f"{root}: no certificates found; add certs/<name>/fullchain.pem and privkey.pem"
+        )
+    return Certificates(tuple(loaded))

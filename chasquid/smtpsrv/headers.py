@@ -1,0 +1,203 @@
+"""Trace headers added to accepted messages and the header-section check (spec/10 §7.3, §10).
+
+Pure functions over bytes/str; the message is LF-terminated throughout.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import re
+import time
+from dataclasses import dataclass
+
+from chasquid.errors import ChasquidError
+
+# OpenSSL names of TLS 1.2 suites → IANA names (TLS 1.3 names are already IANA).
+_IANA_SUITES = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384": "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305": "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-RSA-CHACHA20-POLY1305": "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "ECDHE-ECDSA-AES128-SHA256": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "ECDHE-RSA-AES128-SHA256": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+    "ECDHE-ECDSA-AES128-SHA": "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "ECDHE-RSA-AES128-SHA": "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "ECDHE-ECDSA-AES256-SHA": "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "ECDHE-RSA-AES256-SHA": "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "AES128-GCM-SHA256": "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "AES256-GCM-SHA384": "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "AES128-SHA": "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "AES256-SHA": "TLS_RSA_WITH_AES_256_CBC_SHA",
+}
+_TLS_VERSIONS = {
+    "SSLv3": "SSL-3.0",
+    "TLSv1": "TLS-1.0",
+    "TLSv1.1": "TLS-1.1",
+    "TLSv1.2": "TLS-1.2",
+    "TLSv1.3": "TLS-1.3",
+}
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ "
+)
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+class HeaderError(ChasquidError):
+    """The message's header section cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    """What a session's TLS state contributes to trace headers."""
+
+    version: str  # as ssl.SSLObject.version(), e.g. "TLSv1.3"
+    cipher: str  # OpenSSL cipher name, as ssl.SSLObject.cipher()[0]
+
+
+def tls_version_name(version: str) -> str:
+    """``TLSv1.3`` → ``TLS-1.3`` (spec/10 §10.3)."""
+    return _TLS_VERSIONS.get(version, f"TLS-{version}")
+
+
+def cipher_suite_name(openssl_name: str) -> str:
+    """The IANA name of a cipher suite given its OpenSSL name."""
+    if openssl_name.startswith("TLS_"):
+        return openssl_name
+    return _IANA_SUITES.get(openssl_name, f"TLS_UNKNOWN_CIPHER_SUITE-{openssl_name}")
+
+
+def quote(s: str) -> str:
+    """Double-quote ``s``, escaping ``"``, ``\\`` and non-printable characters."""
+    out = ['"']
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif not ch.isprintable():
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def ip_literal(ip: str) -> str:
+    """``192.0.2.7`` / ``IPv6:2001:db8::7``; IPv4-mapped IPv6 as plain IPv4."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return f"IPv6:{addr}"
+    return str(addr)
+
+
+def rfc1123z(now: float | None = None) -> str:
+    """Local time as ``Mon, 02 Jan 2006 15:04:05 -0700``."""
+    return email.utils.formatdate(now, localtime=True)
+
+
+def received(
+    *,
+    helo_domain: str,
+    client_ip: str | None,
+    hostname: str,
+    esmtp: bool,
+    tls: TLSInfo | None,
+    authenticated: bool,
+    mode_name: str,
+    sender: str,
+    now: float | None = None,
+) -> str:
+    """The value of the ``Received:`` header (lines joined by LF)."""
+    first = f"from {helo_domain}"
+    if not authenticated and client_ip is not None:
+        first += f" ([{ip_literal(client_ip)}])"
+    proto = ("ESMTP" if esmtp else "SMTP") + ("S" if tls else "") + ("A" if authenticated else "")
+    lines = [first, f"by {hostname} (chasquid) with {proto}"]
+    if tls is not None:
+        lines.append(f"tls {cipher_suite_name(tls.cipher)}")
+        level = tls_version_name(tls.version)
+    else:
+        level = "plain text!"
+    lines.append(f"(over {mode_name}, {level}, envelope from {quote(sender or '<>')})")
+    lines.append(f"; {rfc1123z(now if now is not None else time.time())}")
+    return "\n".join(lines)
+
+
+def received_spf(result: str, reason: str) -> str:
+    """The value of ``Received-SPF:``."""
+    return f"{result} ({reason})"
+
+
+def authentication_results(
+    hostname: str, spf: tuple[str, str] | None, dkim_lines: tuple[str, ...] = ()
+) -> str | None:
+    """The value of ``Authentication-Results:``, or None when there is nothing to report."""
+    if spf is None and not dkim_lines:
+        return None
+    lines = [hostname]
+    if spf is not None:
+        lines.append(f";spf={spf[0]} ({spf[1]})")
+    lines.extend(dkim_lines)
+    return "\n".join(lines)
+
+
+def format_header(name: str, value: str) -> bytes:
+    """``Name: value`` with continuation lines TAB-indented, LF-terminated (§10.1)."""
+    value = value.removesuffix("\n")
+    return f"{name}: {value.replace(chr(10), chr(10) + chr(9))}\n".encode()
+
+
+def check_header_section(data: bytes) -> int:
+    """Validate the header section (§7.3); return the number of ``Received`` fields.
+
+    Raises HeaderError with a detail when the section cannot be parsed.
+    """
+    if not data:
+        raise HeaderError("unexpected EOF: the message is empty")
+    if data.startswith(b"\n"):
+        return 0
+    end = data.find(b"\n\n")
+    section = data if end < 0 else data[: end + 1]
+    received_count = 0
+    for lineno, line in enumerate(section.split(b"\n"), 1):
+        if not line:
+            continue
+        if line[0] in b" \t":
+            if lineno == 1:
+                raise HeaderError(f"line {lineno}: continuation line without a header field")
+            value = line
+        else:
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise HeaderError(f"line {lineno}: malformed header line (no colon)")
+            if not name.strip(b" ") or not _TOKEN_CHARS.issuperset(name):
+                raise HeaderError(f"line {lineno}: malformed header field name {name!r}")
+            if name.rstrip(b" ").lower() == b"received":
+                received_count += 1
+        if _CONTROL.search(value):
+            raise HeaderError(f"line {lineno}: control character in header value")
+    return received_count
+
+
+def hook_output_is_valid(out: bytes) -> bool:
+    """Whether post-data hook output is a header block we may prepend (§11)."""
+    if not out:
+        return True
+    if out == b"\n" or b"\n\n" in out or not out.endswith(b"\n"):
+        return False
+    for line in out[:-1].split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            continue
+        if b":" not in line:
+            return False
+    return not out.startswith((b" ", b"\t"))

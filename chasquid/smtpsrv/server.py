@@ -1,0 +1,85 @@
+"""Reception entry point: listener modes, the shared context and start_server."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from chasquid.config import Config
+from chasquid.domaininfo import DomainInfoStore
+from chasquid.domains import Domains
+from chasquid.layout import ConfigDir
+from chasquid.maillog import MailLog
+from chasquid.metrics import Counters
+from chasquid.queue.queue import Queue
+from chasquid.smtpsrv.auth import Authenticator
+from chasquid.smtpsrv.certs import Certificates
+
+HANDSHAKE_TIMEOUT = 60.0
+
+
+class Mode(enum.Enum):
+    """Listener modes (spec/10 §1.1); the value is the name used in ``Received:``."""
+
+    SMTP = "SMTP"
+    SUBMISSION = "submission"
+    SUBMISSION_TLS = "submission+TLS"
+
+    @property
+    def is_submission(self) -> bool:
+        """Whether MAIL requires a completed AUTH."""
+        return self is not Mode.SMTP
+
+    @property
+    def implicit_tls(self) -> bool:
+        """Whether TLS starts right at connect."""
+        return self is Mode.SUBMISSION_TLS
+
+
+@dataclass(frozen=True)
+class ReceptionContext:
+    """What every reception session shares.
+
+    ``domains`` is called for every look-up so the daemon can swap the snapshot
+    atomically on reload.  ``max_received_headers`` is the loop-detection limit
+    (chasquid's test flag ``--testing__max_received_headers`` overrides it).
+    """
+
+    config: Config
+    config_dir: ConfigDir
+    certs: Certificates
+    domains: Callable[[], Domains]
+    domaininfo: DomainInfoStore
+    queue: Queue
+    maillog: MailLog
+    counters: Counters = field(default_factory=Counters)
+    authenticator: Authenticator = field(default_factory=Authenticator)
+    max_received_headers: int = 50
+    software: str = "chasquid"
+
+    @property
+    def hostname(self) -> str:
+        """The configured host name (a session may replace it with a valid SNI)."""
+        return self.config.hostname
+
+    @property
+    def max_data_size(self) -> int:
+        """The DATA size limit in octets."""
+        return self.config.max_data_size_mb * 1024 * 1024
+
+
+async def start_server(sock: socket.socket, mode: Mode, ctx: ReceptionContext) -> asyncio.Server:
+    """Serve SMTP in ``mode`` on an already-bound listening socket."""
+    from chasquid.smtpsrv.session import SMTPSession
+
+    loop = asyncio.get_running_loop()
+    ssl_ctx = ctx.certs.server_context() if mode.implicit_tls else None
+    return await loop.create_server(
+        lambda: SMTPSession(mode, ctx),
+        sock=sock,
+        ssl=ssl_ctx,
+        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl_ctx is not None else None,
+    )

@@ -1,0 +1,70 @@
+"""A tiny authoritative DNS server for tests (dnslib), on 127.0.0.1 UDP port 0.
+
+Usage::
+
+    with dns_server({"example.org": {"TXT": ["v=spf1 -all"], "A": ["127.0.0.1"]}}) as addr:
+        monkeypatch.setenv("CHASQUID_TEST_DNS", addr)
+
+Names not in the zone get NXDOMAIN; known names without the asked type get an
+empty NOERROR answer.  Supported types: A, AAAA, MX (``(preference, host)``), TXT.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
+
+Zone = Mapping[str, Mapping[str, Sequence[Any]]]
+
+
+def _answer(zone: Zone, request: DNSRecord) -> DNSRecord:
+    reply = request.reply()
+    qname = str(request.q.qname).rstrip(".").lower()
+    qtype = QTYPE[request.q.qtype]
+    records = {k.rstrip(".").lower(): v for k, v in zone.items()}.get(qname)
+    if records is None:
+        reply.header.rcode = RCODE.NXDOMAIN
+        return reply
+    for value in records.get(qtype, ()):
+        if qtype == "A":
+            rdata: Any = A(value)
+        elif qtype == "AAAA":
+            rdata = AAAA(value)
+        elif qtype == "MX":
+            rdata = MX(value[1], value[0])
+        elif qtype == "TXT":
+            rdata = TXT(value)
+        else:
+            continue
+        reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=60))
+    return reply
+
+
+@contextmanager
+def dns_server(zone: Zone) -> Iterator[str]:
+    """Serve ``zone`` while the context is open; yields ``host:port``."""
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            data, sock = self.request
+            try:
+                request = DNSRecord.parse(data)
+            except Exception:
+                return
+            sock.sendto(_answer(zone, request).pack(), self.client_address)
+
+    server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,141 @@
+"""Fixtures for reception tests: a real server on 127.0.0.1 port 0 in a background loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from chasquid import config as configmod
+from chasquid.domaininfo import DomainInfoStore
+from chasquid.domains import Domains, load_domains
+from chasquid.layout import ConfigDir
+from chasquid.maillog import MailLog
+from chasquid.metrics import Counters
+from chasquid.queue.queue import Queue
+from chasquid.queue.store import QueueStore
+from chasquid.smtpsrv.certs import load_certificates
+from chasquid.smtpsrv.server import Mode, ReceptionContext, start_server
+from chasquid.userdb import UserDB
+
+HOSTNAME = "mx.example.com"
+PASSWORD = "secret-pass"
+
+
+@dataclass
+class Running:
+    """A started server and what tests need to talk to it and inspect its effects."""
+
+    port: int
+    ctx: ReceptionContext
+    root: Path
+    ca: trustme.CA
+    loop: asyncio.AbstractEventLoop
+
+    def client_tls(self) -> ssl.SSLContext:
+        """A client context trusting the test CA."""
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+    @property
+    def queue_dir(self) -> Path:
+        """Where queued items land."""
+        return self.root / "data" / "queue"
+
+    def maillog_text(self) -> str:
+        """The mail log written so far."""
+        path = self.root / "mail.log"
+        return path.read_text() if path.exists() else ""
+
+
+def _write_config(root: Path, ca: trustme.CA, conf: str) -> None:
+    (root / "conf").mkdir()
+    cdir = root / "conf"
+    (cdir / "chasquid.conf").write_text(
+        f"hostname: {HOSTNAME}\ndata_dir: {root / 'data'}\nmail_log_path: {root / 'mail.log'}\n"
+        + conf
+    )
+    for name, hosts in (("a_mx", [HOSTNAME]), ("b_other", ["other.example.net", "*.wild.test"])):
+        cert = ca.issue_cert(*hosts)
+        d = cdir / "certs" / name
+        d.mkdir(parents=True)
+        cert.private_key_pem.write_to_path(str(d / "privkey.pem"))
+        cert.cert_chain_pems[0].write_to_path(str(d / "fullchain.pem"))
+    for domain in ("example.com", "xn--bcher-kva.example"):
+        (cdir / "domains" / domain).mkdir(parents=True)
+    UserDB().with_user("user", PASSWORD).with_receive_only("recv").save(
+        cdir / "domains" / "example.com" / "users"
+    )
+    (cdir / "domains" / "example.com" / "aliases").write_text("postmaster: user\n")
+    (cdir / "hooks").mkdir()
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Running]]:
+    """Factory: start a server in ``mode`` with extra chasquid.conf text."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    servers: list[asyncio.Server] = []
+
+    def make(
+        mode: Mode = Mode.SMTP,
+        conf: str = "",
+        hook: str | None = None,
+        max_received_headers: int = 50,
+    ) -> Running:
+        root = tmp_path
+        _write_config(root, ca, conf)
+        cdir = ConfigDir(root / "conf")
+        if hook is not None:
+            hook_path = cdir.hooks / "post-data"
+            hook_path.write_text(hook)
+            hook_path.chmod(0o755)
+        config = configmod.load(cdir.root)
+        domains: Domains = load_domains(cdir.root, config)
+        store = QueueStore(root / "data" / "queue")
+        store.ensure()
+        counters = Counters()
+        queue = Queue(store, lambda: domains.resolver, counters=counters)
+        (root / "data" / "domaininfo").mkdir(parents=True, exist_ok=True)
+        ctx = ReceptionContext(
+            config=config,
+            config_dir=cdir,
+            certs=load_certificates(cdir.certs),
+            domains=lambda: domains,
+            domaininfo=DomainInfoStore(root / "data" / "domaininfo"),
+            queue=queue,
+            maillog=MailLog.open(str(root / "mail.log")),
+            counters=counters,
+            max_received_headers=max_received_headers,
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        port = sock.getsockname()[1]
+        server = asyncio.run_coroutine_threadsafe(start_server(sock, mode, ctx), loop).result(10)
+        servers.append(server)
+        return Running(port=port, ctx=ctx, root=root, ca=ca, loop=loop)
+
+    yield make
+
+    async def stop() -> None:
+        for s in servers:
+            s.close()
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
