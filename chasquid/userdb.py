@@ -213,21 +213,27 @@ def parse_users(data: bytes, source: str) -> dict[str, Entry]:
         raise UserDBError(f"{source}:{line}: users file is not valid UTF-8") from None
     if _COMMENTS_ONLY.match(text):
         return {}
-    if _LEGACY_START.match(text) and not _has_version(text):
-        try:
-            return parse_legacy(text, source)
-        except LegacyUserDBError as e:
-            raise UserDBError(f"{e} (read as chasquid's protobuf-text users format)") from None
+    if _LEGACY_START.match(text):
+        doc = _yaml_mapping(text)
+        if doc is None or "version" not in doc:
+            try:
+                return parse_legacy(text, source)
+            except LegacyUserDBError as e:
+                if doc is None:
+                    raise UserDBError(
+                        f"{e} (read as chasquid's protobuf-text users format)"
+                    ) from None
+                # Valid YAML that is not chasquid's format: report what our format lacks.
     return _parse_yaml(text, source)
 
 
-def _has_version(text: str) -> bool:
-    """Whether text is YAML whose top level has a `version` key (our format)."""
+def _yaml_mapping(text: str) -> dict[object, object] | None:
+    """The top-level mapping if text is YAML with one, else None."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError:
-        return False
-    return isinstance(doc, dict) and "version" in doc
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 class _Problem(Exception):
