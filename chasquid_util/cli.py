@@ -1,0 +1,336 @@
+"""The `chasquid-util` command line: a thin click layer over the library modules."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from chasquid.errors import ChasquidError
+from chasquid_util import daemonless, render, users
+from chasquid_util.argv import normalize_argv
+from chasquid_util.completers import (
+    DEFAULT_CONFIG_DIR,
+    complete_domains,
+    complete_new_user,
+    complete_users,
+)
+from chasquid_util.errors import UtilError
+from chasquid_util.initdir import InitSettings, init_config_dir
+from chasquid_util.password import ask_password_twice
+from chasquid_util.shellcomplete import run_completion
+
+PROG_NAME = "chasquid-util"
+COMPLETE_VAR = "_CHASQUID_UTIL_COMPLETE"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UsageError(click.UsageError):
+    """A command-line mistake; chasquid-util exits 1 for every error (spec/30 §3.7)."""
+
+    exit_code = 1
+
+
+class UtilGroup(click.Group):
+    """A group whose usage errors exit 1 (spec/30 §3.7) and name unknown commands plainly."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            raise UsageError(e.format_message(), e.ctx) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise UsageError(e.format_message(), e.ctx) from None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0]
+        if self.get_command(ctx, name) is None and not ctx.resilient_parsing:
+            raise click.UsageError(f'Unknown argument "{name}"', ctx)
+        return super().resolve_command(ctx, args)
+
+
+def _warn_configdir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not ctx.resilient_parsing:
+        click.echo("Option --configdir is deprecated, use --config_dir instead", err=True)
+    return value
+
+
+def config_dir_options(f: F) -> F:
+    """-C/--config_dir/--config-dir and the deprecated --configdir, on the group and each command.
+
+    Accepting them after the subcommand keeps chasquid's "options anywhere" rule.
+    """
+    f = click.option(
+        "--configdir",
+        "deprecated_config_dir",
+        metavar="DIR",
+        hidden=True,
+        callback=_warn_configdir,
+        expose_value=True,
+    )(f)
+    f = click.option(
+        "-C",
+        "--config_dir",
+        "--config-dir",
+        "config_dir",
+        metavar="DIR",
+        default=None,
+        help=f"Configuration directory (default {DEFAULT_CONFIG_DIR}).",
+    )(f)
+    return f
+
+
+def resolve_config_dir(ctx: click.Context) -> Path:
+    """The effective config dir: the command's options over the group's; --configdir first."""
+    c: click.Context | None = ctx
+    while c is not None:
+        for key in ("deprecated_config_dir", "config_dir"):
+            value = c.params.get(key)
+            if value is not None:
+                return Path(value)
+        c = c.parent
+    return Path(DEFAULT_CONFIG_DIR)
+
+
+def reports_errors(f: F) -> F:
+    """Turn library errors into one sentence on stderr and exit status 1."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ChasquidError as e:
+            click.secho(str(e), fg="red", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _ok(message: str) -> None:
+    click.secho(message, fg="green")
+
+
+def _get_password(password: str | None) -> str:
+    if password is not None:
+        return password
+    return ask_password_twice(sys.stdin, sys.stdout)
+
+
+@click.group(
+    cls=UtilGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+@config_dir_options
+@click.pass_context
+def cli(ctx: click.Context, config_dir: str | None, deprecated_config_dir: str | None) -> None:
+    """Administer chasquid: users, aliases, domaininfo and configuration.
+
+    Options may be given before or after the command; values may be attached
+    with "=" (-C=/etc/chasquid) or follow as the next word.
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo('Unknown argument ""')
+        click.echo(ctx.get_help(), err=True)
+        sys.exit(1)
+
+
+PASSWORD_HELP = "The password; asked twice on the terminal (without echo) when absent."
+
+
+@cli.command("user-add")
+@click.argument("address", metavar="USER@DOMAIN", shell_complete=complete_new_user)
+@click.option("--password", default=None, is_flag=False, flag_value="", help=PASSWORD_HELP)
+@click.option(
+    "--receive_only",
+    "--receive-only",
+    "receive_only",
+    is_flag=True,
+    help="The user can receive mail but never authenticate.",
+)
+@config_dir_options
+@reports_errors
+def user_add(address: str, password: str | None, receive_only: bool, **_: Any) -> None:
+    """Add a user, or replace its password."""
+    target = users.resolve_user(resolve_config_dir(click.get_current_context()), address)
+    if receive_only and password is not None:
+        raise UtilError("Cannot specify both --receive_only and --password")
+    secret = None if receive_only else _get_password(password)
+    if users.add_user(target, secret):
+        click.echo("Creating database")
+    _ok("Added user")
+
+
+@cli.command("user-remove")
+@click.argument("address", metavar="USER@DOMAIN", shell_complete=complete_users)
+@config_dir_options
+@reports_errors
+def user_remove(address: str, **_: Any) -> None:
+    """Remove a user."""
+    users.remove_user(users.resolve_user(resolve_config_dir(click.get_current_context()), address))
+    _ok("Removed user")
+
+
+@cli.command("authenticate")
+@click.argument("address", metavar="USER@DOMAIN", shell_complete=complete_users)
+@click.option("--password", default=None, is_flag=False, flag_value="", help=PASSWORD_HELP)
+@config_dir_options
+@reports_errors
+def authenticate(address: str, password: str | None, **_: Any) -> None:
+    """Check a user's password against the users file."""
+    target = users.resolve_user(resolve_config_dir(click.get_current_context()), address)
+    if users.authenticate(target, _get_password(password)):
+        _ok("Authentication succeeded")
+    else:
+        raise UtilError("Authentication failed")
+
+
+@cli.command("check-userdb")
+@click.argument("domain", shell_complete=complete_domains)
+@config_dir_options
+@reports_errors
+def check_userdb(domain: str, **_: Any) -> None:
+    """Check that a domain's users file loads."""
+    n = users.check_userdb(resolve_config_dir(click.get_current_context()), domain)
+    _ok(f"Database loaded ({n} users)")
+
+
+@cli.command("user-list")
+@click.argument("domain", required=False, shell_complete=complete_domains)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_dir_options
+@reports_errors
+def user_list(domain: str | None, as_json: bool, **_: Any) -> None:
+    """List the users of one domain, or of every domain."""
+    entries = users.list_users(resolve_config_dir(click.get_current_context()), domain)
+    out = sys.stdout
+    if render.use_rich(out, as_json):
+        render.users_table(entries, out)
+    else:
+        click.echo(
+            render.users_json(entries) if as_json else render.users_plain(entries), nl=as_json
+        )
+
+
+@cli.command("aliases-resolve")
+@click.argument("address")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@config_dir_options
+@reports_errors
+def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
+    """Show what an address resolves to (from the files; the daemon is not asked yet)."""
+    resolved = daemonless.aliases_resolve(resolve_config_dir(click.get_current_context()), address)
+    out = sys.stdout
+    if render.use_rich(out, as_json):
+        render.resolution_table(resolved, out)
+    elif as_json:
+        click.echo(render.resolution_json(resolved))
+    else:
+        click.echo(render.resolution_plain(resolved), nl=False)
+
+
+@cli.command("domaininfo-remove")
+@click.argument("domain")
+@config_dir_options
+@reports_errors
+def domaininfo_remove(domain: str, **_: Any) -> None:
+    """Forget the security level seen for a domain (stop the daemon first for now)."""
+    daemonless.domaininfo_remove(resolve_config_dir(click.get_current_context()), domain)
+
+
+@cli.command("print-config")
+@config_dir_options
+@reports_errors
+def print_config(**_: Any) -> None:
+    """Print the effective configuration (file plus defaults)."""
+    click.echo(daemonless.print_config(resolve_config_dir(click.get_current_context())))
+
+
+@cli.command("import-users")
+@click.argument("domain", shell_complete=complete_domains)
+@click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@config_dir_options
+@reports_errors
+def import_users(domain: str, file: Path | None, **_: Any) -> None:
+    """Convert a users file of chasquid (Go) into this format, keeping the passwords.
+
+    Without FILE the domain's users file is converted in place; with FILE its
+    users are added to the domain's database.
+    """
+    n = users.import_users(resolve_config_dir(click.get_current_context()), domain, file)
+    _ok(f"Imported {n} users")
+
+
+@cli.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--hostname", help="Host name of this mail server (default: this machine's).")
+@click.option("--domain", help="First local domain.")
+@click.option("--data_dir", "--data-dir", "data_dir", help="Data directory.")
+@click.option(
+    "--self-signed/--no-self-signed",
+    "--self_signed/--no_self_signed",
+    "self_signed_cert",
+    default=None,
+    help="Write a self-signed certificate for the host name (for tests, not production).",
+)
+@reports_errors
+def init(
+    directory: Path,
+    hostname: str | None,
+    domain: str | None,
+    data_dir: str | None,
+    self_signed_cert: bool | None,
+) -> None:
+    """Create a new config dir from flags, asking for what is missing. Never overwrites."""
+    interactive = sys.stdin.isatty()
+    default_host = socket.getfqdn() or "localhost"
+    if hostname is None:
+        hostname = click.prompt("Host name", default=default_host) if interactive else default_host
+    if domain is None:
+        if not interactive:
+            raise UtilError("Missing --domain (the first local domain, e.g. example.com)")
+        domain = click.prompt("First domain")
+    if data_dir is None:
+        default_data = "/var/lib/chasquid"
+        data_dir = (
+            click.prompt("Data directory", default=default_data) if interactive else default_data
+        )
+    if self_signed_cert is None:
+        self_signed_cert = interactive and click.confirm(
+            "Write a self-signed certificate (for testing only)?", default=False
+        )
+    settings = InitSettings(str(hostname), str(domain), str(data_dir), bool(self_signed_cert))
+    for path in init_config_dir(directory, settings):
+        click.echo(f"Created {path}")
+    if not settings.self_signed_cert:
+        click.echo(
+            f"Put a certificate pair in {directory / 'certs'}/<name>/ (certbot's live/ layout)."
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `chasquid-util` console script."""
+    instruction = os.environ.get(COMPLETE_VAR)
+    if instruction:
+        sys.exit(run_completion(cli, PROG_NAME, COMPLETE_VAR, instruction, normalize_argv))
+    args = normalize_argv(sys.argv[1:] if argv is None else list(argv))
+    cli.main(args, prog_name=PROG_NAME)

@@ -1,0 +1,81 @@
+"""`chasquid-util init`: lay out a new config dir; never overwrite anything."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from chasquid.fileio import atomic_write
+from chasquid.layout import ConfigDir
+from chasquid.selfsigned import self_signed
+from chasquid_util.errors import UtilError
+from chasquid_util.users import check_domain
+
+
+@dataclass(frozen=True)
+class InitSettings:
+    """What `init` writes: the answers to its questions."""
+
+    hostname: str
+    domain: str
+    data_dir: str
+    self_signed_cert: bool
+
+
+def yaml_string(value: str) -> str:
+    """A YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def render_conf(settings: InitSettings) -> str:
+    """The chasquid.conf written by init: only what differs from the defaults, with hints."""
+    return (
+        "# chasquid configuration, written by `chasquid-util init`.\n"
+        "# Every key and its default: docs/config.md. Unlisted keys keep their defaults;\n"
+        "# listening addresses default to systemd socket activation.\n"
+        f"hostname: {yaml_string(settings.hostname)}\n"
+        f"data_dir: {yaml_string(settings.data_dir)}\n"
+        "\n"
+        '# smtp_address: ":25"\n'
+        '# submission_address: ":587"\n'
+        '# submission_over_tls_address: ":465"\n'
+        '# mail_delivery_agent_bin: "maildrop"\n'
+    )
+
+
+def check_hostname(hostname: str) -> str:
+    """Validate the host name given to init."""
+    if not hostname or any(c.isspace() for c in hostname) or "/" in hostname:
+        raise UtilError(f'Invalid host name "{hostname}": give a name such as mx.example.com')
+    return hostname
+
+
+def init_config_dir(root: Path, settings: InitSettings) -> list[Path]:
+    """Create the config dir at root and return the files and directories made.
+
+    root may exist only as an empty directory. Everything is validated before
+    the first write, so a bad answer leaves nothing behind.
+    """
+    check_hostname(settings.hostname)
+    domain = check_domain(settings.domain)
+    if not settings.data_dir:
+        raise UtilError("The data directory must not be empty")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UtilError(f'"{root}" already exists and is not empty; init never overwrites files')
+    cdir = ConfigDir(root)
+    created: list[Path] = []
+    pair = self_signed([settings.hostname]) if settings.self_signed_cert else None
+    root.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for d in (cdir.domains, cdir.domain_dir(domain), cdir.certs, cdir.hooks):
+        d.mkdir(mode=0o755)
+        created.append(d)
+    atomic_write(cdir.conf, render_conf(settings).encode(), mode=0o644)
+    created.append(cdir.conf)
+    if pair is not None:
+        cert_dir = cdir.certs / settings.hostname
+        cert_dir.mkdir(mode=0o755)
+        atomic_write(cert_dir / "fullchain.pem", pair.fullchain_pem, mode=0o644)
+        atomic_write(cert_dir / "privkey.pem", pair.privkey_pem, mode=0o600)
+        created += [cert_dir, cert_dir / "fullchain.pem", cert_dir / "privkey.pem"]
+    return created

@@ -1,0 +1,70 @@
+"""How chasquid-util shows lists: rich tables on a terminal, plain lines or JSON otherwise."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TextIO
+
+from rich.console import Console
+from rich.table import Table
+
+from chasquid_util.daemonless import Resolved
+from chasquid_util.users import UserEntry
+
+
+def use_rich(stream: TextIO, as_json: bool) -> bool:
+    """Tables and colours only for a person at a terminal."""
+    return not as_json and stream.isatty()
+
+
+def resolution_json(recipients: Sequence[Resolved]) -> str:
+    """aliases-resolve --json: a list of {type, address, via} objects."""
+    return json.dumps(
+        [{"type": r.kind, "address": r.address, "via": list(r.via)} for r in recipients],
+        ensure_ascii=False,
+        indent=2,
+    )
+
+
+def resolution_plain(recipients: Sequence[Resolved]) -> str:
+    """aliases-resolve's classic output: `<type>  <address>` per line."""
+    return "".join(f"{r.label}  {r.address}\n" for r in recipients)
+
+
+def resolution_table(recipients: Sequence[Resolved], stream: TextIO) -> None:
+    """aliases-resolve on a terminal."""
+    table = Table("type", "address", "via")
+    for r in recipients:
+        table.add_row(r.label, r.address, ", ".join(r.via))
+    Console(file=stream).print(table)
+
+
+def users_json(entries: Sequence[UserEntry]) -> str:
+    """user-list --json: a list of {address, user, domain} objects."""
+    return json.dumps(
+        [
+            {
+                "address": e.address,
+                "user": e.user,
+                "domain": e.domain,
+                "receive_only": e.receive_only,
+            }
+            for e in entries
+        ],
+        ensure_ascii=False,
+        indent=2,
+    )
+
+
+def users_plain(entries: Sequence[UserEntry]) -> str:
+    """user-list when piped: one `user@domain` per line."""
+    return "".join(f"{e.address}\n" for e in entries)
+
+
+def users_table(entries: Sequence[UserEntry], stream: TextIO) -> None:
+    """user-list on a terminal."""
+    table = Table("user", "domain", "receive only")
+    for e in entries:
+        table.add_row(e.user, e.domain, "yes" if e.receive_only else "")
+    Console(file=stream).print(table)
