@@ -142,6 +142,14 @@ def _reason(e: OSError) -> str:
     return text[:1].lower() + text[1:]
 
 
+class _InfoSysLogHandler(logging.handlers.SysLogHandler):
+    """Sends every level at priority INFO, as chasquid does."""
+
+    def mapPriority(self, levelName: str) -> str:
+        """Always ``info``."""
+        return "info"
+
+
 class MainLog:
     """The handlers installed on the root logger, kept so SIGHUP can reopen the file."""
 
@@ -155,11 +163,9 @@ class MainLog:
         handlers: list[logging.Handler] = []
         to_stderr = True
         if options.logtosyslog:
-            syslog = logging.handlers.SysLogHandler(
+            syslog = _InfoSysLogHandler(
                 address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
             )
-            # syslog adds its own timestamps; every level goes out as INFO.
-            syslog.mapPriority = lambda _level: "info"  # type: ignore[method-assign]
             syslog.ident = f"{options.logtosyslog}: "
             syslog.setFormatter(MainLogFormatter(with_time=options.logtime))
             handlers.append(syslog)

@@ -1,0 +1,492 @@
+"""Process wiring of the daemon: start-up order, listeners, signals, reload and shutdown.
+
+spec/30 §1.7-1.9 and §2.3-2.7, spec/20 §12-13, spec/README.md decisions 2 and 3.
+This is the only module that installs signal handlers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from chasquid import sdactivation
+from chasquid.errors import ChasquidError
+from chasquid.gofmt import format_duration, go_list, go_quote
+from chasquid.listeners import (
+    MODES,
+    EmptyAddressError,
+    Listener,
+    ListenError,
+    ModeInfo,
+    bind_tcp,
+    plan_listeners,
+)
+from chasquid.mainlog import MainLog
+from chasquid.version import version
+
+if TYPE_CHECKING:
+    from chasquid.config import Config
+    from chasquid.domaininfo import DomainInfoStore
+    from chasquid.domains import Domains
+    from chasquid.layout import ConfigDir, DataDir
+    from chasquid.maillog import MailLog
+    from chasquid.queue.queue import Queue
+    from chasquid.smtpsrv.certs import Certificates
+    from chasquid.smtpsrv.server import Mode, ReceptionContext
+
+log = logging.getLogger("chasquid.daemon")
+
+#: How long SIGTERM waits for transactions in progress (decision 3).
+SHUTDOWN_GRACE = 30.0
+
+
+class FatalError(ChasquidError):
+    """Start-up cannot go on; the message is the fatal log line."""
+
+
+@dataclass(frozen=True)
+class DaemonOptions:
+    """What the command line gives the daemon besides logging."""
+
+    config_dir: str = "/etc/chasquid"
+    config_overrides: str = ""
+    reload_every: float = 30.0
+    max_received_headers: int = 50
+
+
+def run(options: DaemonOptions, mainlog: MainLog) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the process exit status (0, or 1 when fatal)."""
+    try:
+        return asyncio.run(Daemon(options, mainlog).main())
+    except FatalError as e:
+        log.critical("%s", e)
+        return 1
+    finally:
+        logging.shutdown()
+
+
+def os_reason(e: OSError) -> str:
+    """The lower-case C library message of an OS error, as Go renders it."""
+    text = e.strerror or str(e)
+    return text[:1].lower() + text[1:]
+
+
+def log_config(config: Config) -> None:
+    """The ``Configuration:`` block of spec/30 §1.8."""
+    lines = [
+        "Configuration:",
+        f"  Hostname: {go_quote(config.hostname)}",
+        f"  Max data size (MB): {config.max_data_size_mb}",
+        f"  SMTP Addresses: {go_list(config.smtp_address)}",
+        f"  Submission Addresses: {go_list(config.submission_address)}",
+        f"  Submission+TLS Addresses: {go_list(config.submission_over_tls_address)}",
+        f"  Monitoring address: {go_quote(config.monitoring_address)}",
+        f"  MDA: {go_quote(config.mail_delivery_agent_bin)} "
+        f"{go_list(config.mail_delivery_agent_args)}",
+        f"  Data directory: {go_quote(config.data_dir)}",
+        f"  Suffix separators: {_optional_quote(config.suffix_separators)}",
+        f"  Drop characters: {_optional_quote(config.drop_characters)}",
+        f"  Mail log: {go_quote(config.mail_log_path)}",
+        f"  Dovecot auth: {_go_bool(config.dovecot_auth)} "
+        f"({go_quote(config.dovecot_userdb_path)}, {go_quote(config.dovecot_client_path)})",
+        f"  HAProxy incoming: {_go_bool(config.haproxy_incoming)}",
+        f"  Max queue items: {config.max_queue_items}",
+        f"  Give up send after: {format_duration(config.give_up_send_after)}",
+    ]
+    for line in lines:
+        log.info("%s", line)
+
+
+def _optional_quote(value: str | None) -> str:
+    return "nil" if value is None else go_quote(value)
+
+
+def _go_bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _domain_error_line(message: str) -> str:
+    """Per-domain load errors are indented under ``Loading domains:`` (spec/30 §1.9)."""
+    for kind in ("users file error", "aliases file error", "DKIM loading error"):
+        if f": {kind}: " in message:
+            return "  " + message
+    return message
+
+
+def load_certificates_logged(certs_dir: Path) -> Certificates | None:
+    """Load every pair under certs/, logging as spec/30 §1.7 says; None if none was found.
+
+    Raises CertError (a ChasquidError) with the fatal line for an unreadable
+    or empty directory, or a pair that fails to load.
+    """
+    from chasquid.smtpsrv.certs import CertError, Certificates, load_certificate
+
+    try:
+        entries = sorted(os.listdir(certs_dir))
+    except OSError as e:
+        raise CertError(
+            f'Error reading "certs/" directory: open {certs_dir}/: {os_reason(e)}'
+        ) from None
+    if not entries:
+        raise CertError('No entries found in "certs/"')
+    loaded = []
+    for name in entries:
+        path = certs_dir / name
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+        except OSError:
+            continue
+        log.info("  %s", name)
+        fullchain, privkey = path / "fullchain.pem", path / "privkey.pem"
+        missing = None
+        for f in (fullchain, privkey):
+            try:
+                os.stat(f)
+            except OSError as e:
+                missing = f"stat {f}: {os_reason(e)}"
+                break
+        if missing is not None:
+            log.info("    skipping: %s", missing)
+            continue
+        try:
+            loaded.append(load_certificate(name, fullchain, privkey))
+        except CertError as e:
+            raise CertError(f"    {e}") from None
+    return Certificates(tuple(loaded)) if loaded else None
+
+
+class Daemon:
+    """One running daemon: the loaded state and the tasks serving it."""
+
+    def __init__(self, options: DaemonOptions, mainlog: MainLog) -> None:
+        self.options = options
+        self.mainlog = mainlog
+        self.config: Config | None = None
+        self.config_dir: ConfigDir | None = None
+        self.data_dir: DataDir | None = None
+        self.maillog: MailLog | None = None
+        self.certificates: Certificates | None = None
+        self.domains: Domains | None = None
+        self.domaininfo: DomainInfoStore | None = None
+        self.queue: Queue | None = None
+        self.servers: list[asyncio.Server] = []
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- accessors the sessions read; swapping the attribute is the atomic reload.
+
+    def current_domains(self) -> Domains:
+        """The Domains snapshot in force."""
+        assert self.domains is not None
+        return self.domains
+
+    def current_certificates(self) -> Certificates:
+        """The certificates in force."""
+        assert self.certificates is not None
+        return self.certificates
+
+    # --- start-up, spec/30 §2.3.
+
+    async def main(self) -> int:
+        """Start up in the specified order, serve until asked to stop, shut down gracefully."""
+        log.info("chasquid starting (version %s)", version())
+        config = self._load_config()
+        self.config = config
+        log_config(config)
+
+        try:
+            os.chdir(self.options.config_dir)
+        except OSError as e:
+            raise FatalError(
+                f"Error changing to config dir {go_quote(self.options.config_dir)}: "
+                f"chdir {self.options.config_dir}: {os_reason(e)}"
+            ) from None
+
+        from chasquid.layout import ConfigDir, data_dir_for
+
+        # From here on every relative path is relative to the config dir.
+        self.config_dir = ConfigDir(Path("."))
+        self.data_dir = data_dir_for(config, ".")
+        self.maillog = self._open_maillog(config)
+
+        self.certificates = self._load_certificates()
+        self.domains = self._load_domains()
+        self.domaininfo = self._open_domaininfo()
+        self._init_sts_cache()
+        self.queue = await self._load_queue()
+
+        inherited = self._inherited_sockets()
+        addresses = {m.key: tuple(getattr(config, m.key)) for m in MODES}
+        try:
+            planned = plan_listeners(addresses, inherited)
+        except ListenError as e:
+            raise FatalError(str(e)) from None
+
+        self._install_signal_handlers()
+
+        if not self.certificates_loaded():
+            log.error("No SSL/TLS certificates found")
+            log.error("Ideally there should be a certificate for each MX you act as")
+            raise FatalError("At least one valid certificate is needed")
+
+        self._spawn(self._periodic_reload())
+        await self._start_listeners(planned)
+
+        await self._stop.wait()
+        await self._shutdown()
+        return 0
+
+    def _load_config(self) -> Config:
+        from chasquid.config import ConfigError, load
+
+        try:
+            return load(self.options.config_dir, self.options.config_overrides)
+        except ConfigError as e:
+            raise FatalError(f"Error loading config: {e}") from None
+
+    def _open_maillog(self, config: Config) -> MailLog:
+        from chasquid.maillog import MailLog, MailLogError
+
+        try:
+            return MailLog.open(config.mail_log_path)
+        except (MailLogError, OSError) as e:
+            raise FatalError(f"Error opening mail log: {e}") from None
+
+    def _load_certificates(self) -> Certificates | None:
+        assert self.config_dir is not None
+        log.info("Loading certificates:")
+        try:
+            return load_certificates_logged(self.config_dir.certs)
+        except ChasquidError as e:
+            raise FatalError(str(e)) from None
+
+    def certificates_loaded(self) -> bool:
+        """Whether at least one certificate pair is in force."""
+        return self.certificates is not None
+
+    def _load_domains(self) -> Domains:
+        from chasquid.domains import load_domains
+
+        assert self.config_dir is not None and self.config is not None
+        log.info("Loading domains:")
+        try:
+            domains = load_domains(self.config_dir.root, self.config)
+        except ChasquidError as e:
+            raise FatalError(_domain_error_line(str(e))) from None
+        for line in domains.summary_lines():
+            log.info("%s", line)
+        return domains
+
+    def _open_domaininfo(self) -> DomainInfoStore:
+        from chasquid.domaininfo import DomainInfoStore
+
+        assert self.data_dir is not None
+        try:
+            return DomainInfoStore(self.data_dir.domaininfo)
+        except ChasquidError as e:
+            raise FatalError(f"Error opening domain info database: {e}") from None
+
+    def _init_sts_cache(self) -> None:
+        from chasquid.layout import STS_CACHE_DIR_MODE
+
+        assert self.data_dir is not None
+        path = self.data_dir.sts_cache
+        try:
+            os.makedirs(path, mode=STS_CACHE_DIR_MODE, exist_ok=True)
+        except OSError as e:
+            raise FatalError(
+                f"Failed to initialize STS cache: mkdir {path}: {os_reason(e)}"
+            ) from None
+
+    async def _load_queue(self) -> Queue:
+        from chasquid.queue.queue import Queue, QueueError
+        from chasquid.queue.store import QueueStore
+
+        assert self.data_dir is not None and self.config is not None
+        config = self.config
+        queue = Queue(
+            QueueStore(self.data_dir.queue),
+            lambda: self.current_domains().resolver,
+            max_items=config.max_queue_items,
+            give_up=config.give_up_send_after,
+        )
+        try:
+            await queue.load()
+        except QueueError as e:
+            raise FatalError(f"Error loading queue: {e}") from None
+        return queue
+
+    def _inherited_sockets(self) -> dict[str, list[socket.socket]]:
+        try:
+            return sdactivation.listen_fds_with_names()
+        except sdactivation.SDActivationError as e:
+            raise FatalError(f"Error getting systemd listeners: {e}") from None
+
+    def _reception_context(self) -> ReceptionContext:
+        from chasquid.smtpsrv.server import ReceptionContext
+
+        assert self.config is not None and self.config_dir is not None
+        assert self.certificates is not None and self.domaininfo is not None
+        assert self.queue is not None and self.maillog is not None
+        return ReceptionContext(
+            config=self.config,
+            config_dir=self.config_dir,
+            certs=self.certificates,
+            domains=self.current_domains,
+            domaininfo=self.domaininfo,
+            queue=self.queue,
+            maillog=self.maillog,
+            max_received_headers=self.options.max_received_headers,
+        )
+
+    async def _start_listeners(self, planned: list[Listener]) -> None:
+        from chasquid.smtpsrv.server import start_server
+
+        assert self.maillog is not None
+        ctx = self._reception_context()
+        # Bind every configured address first, so a busy port is fatal before
+        # any session is served.
+        bound: list[Listener] = []
+        for lst in planned:
+            if lst.via_systemd:
+                continue
+            try:
+                sock = bind_tcp(lst.address)
+            except EmptyAddressError:
+                raise
+            except ListenError as e:
+                raise FatalError(f"Error listening: {e}") from None
+            bound.append(Listener(lst.mode, lst.address, sock, via_systemd=False))
+        for lst in bound + [p for p in planned if p.via_systemd]:
+            assert lst.sock is not None
+            server = await start_server(lst.sock, _smtpsrv_mode(lst.mode), ctx)
+            self.servers.append(server)
+            if lst.via_systemd:
+                log.info("Server listening on %s (%s, via systemd)", lst.address, lst.mode.display)
+            else:
+                log.info("Server listening on %s (%s)", lst.address, lst.mode.display)
+            self.maillog.listening(lst.address)
+
+    # --- signals, reload, shutdown.
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGTERM, self._on_exit_signal, "terminated")
+        loop.add_signal_handler(signal.SIGINT, self._on_exit_signal, "interrupt")
+
+    def _on_sighup(self) -> None:
+        log.info("Received SIGHUP, reloading")
+        self._spawn(self.reload(full=True))
+
+    def _on_exit_signal(self, name: str) -> None:
+        if self._stop.is_set():
+            return
+        log.info("Got signal to exit: %s", name)
+        self._stop.set()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _periodic_reload(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_every)
+            await self.reload(full=False)
+
+    async def reload(self, full: bool) -> None:
+        """Reload users and aliases; with ``full`` (SIGHUP) also logs, domaininfo and certificates.
+
+        Decision 2: a failure keeps what is in force and is logged with its
+        file and line; the server keeps running.
+        """
+        async with self._reload_lock:
+            if full:
+                self._reopen_logs()
+                await self._reload_domaininfo()
+                await self._reload_certificates()
+            await self._reload_domains()
+
+    def _reopen_logs(self) -> None:
+        try:
+            self.mainlog.reopen()
+        except ChasquidError as e:
+            log.error("Error reopening log: %s", e)
+        if self.maillog is not None:
+            try:
+                self.maillog.reopen()
+            except ChasquidError as e:
+                log.error("Error reopening maillog: %s", e)
+
+    async def _reload_domaininfo(self) -> None:
+        if self.domaininfo is None:
+            return
+        try:
+            await asyncio.to_thread(self.domaininfo.reload)
+        except ChasquidError as e:
+            log.error("Error reloading domain info: %s", e)
+
+    async def _reload_certificates(self) -> None:
+        assert self.config_dir is not None
+        try:
+            certs = await asyncio.to_thread(load_certificates_logged, self.config_dir.certs)
+        except ChasquidError as e:
+            log.error("Error reloading certificates, keeping the previous ones: %s", e)
+            return
+        if certs is None:
+            log.error("Error reloading certificates: none found, keeping the previous ones")
+            return
+        self.certificates = certs
+
+    async def _reload_domains(self) -> None:
+        from chasquid.domains import load_domains
+
+        assert self.config_dir is not None and self.config is not None
+        try:
+            domains = await asyncio.to_thread(load_domains, self.config_dir.root, self.config)
+        except ChasquidError as e:
+            log.error("Error reloading domains, keeping the previous ones: %s", e)
+            return
+        self.domains = domains
+
+    async def _shutdown(self) -> None:
+        """Decision 3: stop listening, let transactions finish (bounded), stop the queue."""
+        for server in self.servers:
+            server.close()
+        drain = getattr(self, "_drain_sessions", None)
+        if callable(drain):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drain(), SHUTDOWN_GRACE)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        stop_queue: Callable[[], object] | None = getattr(self.queue, "stop", None)
+        if stop_queue is not None:
+            result = stop_queue()
+            if asyncio.iscoroutine(result):
+                await result
+        if self.maillog is not None:
+            self.maillog.close()
+        log.info("chasquid exiting")
+
+
+def _smtpsrv_mode(mode: ModeInfo) -> Mode:
+    from chasquid.smtpsrv.server import Mode
+
+    return {
+        "smtp": Mode.SMTP,
+        "submission": Mode.SUBMISSION,
+        "submission_tls": Mode.SUBMISSION_TLS,
+    }[mode.fd_name]
