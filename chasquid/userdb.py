@@ -153,22 +153,27 @@ class UserDB:
         return dump_users(self._entries)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the database atomically, mode 0600, keeping an existing file's owner."""
+        """Write the database atomically, mode 0600.
+
+        The owner and group are those of the existing file, or for a new file
+        those of its directory, so that a file written by root stays readable by a
+        daemon running as the owner of the config dir.
+        """
         target = os.fspath(path)
         try:
-            old = os.stat(target)
-        except FileNotFoundError:
-            old = None
+            try:
+                old = os.stat(target)
+            except FileNotFoundError:
+                old = os.stat(os.path.dirname(os.path.abspath(target)))
         except OSError as e:
             raise UserDBError(f"{target}: cannot write users file: {e.strerror or e}") from None
         try:
             atomic_write(target, self.to_yaml().encode("utf-8"), mode=FILE_MODE)
         except OSError as e:
             raise UserDBError(f"{target}: cannot write users file: {e.strerror or e}") from None
-        if old is not None:
-            # Only root can give a file away; otherwise the writer's ownership stays.
-            with contextlib.suppress(PermissionError):
-                os.chown(target, old.st_uid, old.st_gid)
+        # Only root can give a file away; otherwise the writer's ownership stays.
+        with contextlib.suppress(PermissionError):
+            os.chown(target, old.st_uid, old.st_gid)
 
 
 def _entry_to_yaml(entry: Entry) -> dict[str, Any]:

@@ -105,6 +105,16 @@ def test_save_keeps_owner(db: UserDB, tmp_path: Path) -> None:
     assert (st.st_uid, st.st_gid) == (12345, 23456)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_new_file_takes_directory_owner(db: UserDB, tmp_path: Path) -> None:
+    domain_dir = tmp_path / "example.com"
+    domain_dir.mkdir()
+    os.chown(domain_dir, 12345, 23456)
+    db.save(domain_dir / "users")
+    st = (domain_dir / "users").stat()
+    assert (st.st_uid, st.st_gid) == (12345, 23456)
+
+
 def test_missing_file_is_empty(tmp_path: Path) -> None:
     assert len(UserDB.load(tmp_path / "nope")) == 0
 
