@@ -28,7 +28,9 @@ _alphabet = st.characters(
 )
 _pieces = st.one_of(
     st.text(_alphabet, max_size=6),
-    st.sampled_from(["xn--", "XN--", "@", ".", "+", "-", "lca", "aca-6ma", "ñ", "Ñ", "\x00"]),
+    st.sampled_from(
+        ["xn--", "XN--", "@", ".", "+", "-", "lca", "aca-6ma", "ñ", "Ñ", "\x00", "\ud800"]
+    ),
 )
 addr_text = st.lists(_pieces, max_size=8).map("".join)
 
