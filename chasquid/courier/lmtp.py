@@ -1,0 +1,331 @@
+"""Local delivery over LMTP (RFC 2033) with a pool of reused connections.
+
+Set by the ``mail_lmtp_address`` key (a unix socket path or host:port): the
+daemon hands local mail to an LMTP server (Dovecot, Cyrus, ...) instead of
+spawning an MDA per recipient. One transaction carries several recipients;
+after the data the server answers once per accepted recipient, and each
+answer is that recipient's result: 2xx delivered, 5xx permanent, anything
+else (and every connection problem) temporary.
+
+A connection that breaks during a transaction is dropped and the
+recipients without a result yet are tried once more on a fresh connection;
+if that fails as well they get a temporary error. Recipients the server
+already answered are never sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from chasquid.courier.base import DeliveryError
+from chasquid.courier.mda import to_crlf
+from chasquid.errors import ChasquidError
+from chasquid.normalize import NormalizationError, addr_to_ascii, split_addr
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_POOL_SIZE = 4
+
+# A reply longer than this many lines is not one a real server sends.
+_MAX_REPLY_LINES = 128
+
+_IO_ERRORS = (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError)
+
+
+class LMTPProtocolError(ChasquidError):
+    """The server sent something that is not an LMTP reply."""
+
+
+class _ConnectionBroken(ChasquidError):
+    """The connection failed mid-way; the message says how."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One (possibly multi-line) server reply."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    def text(self) -> str:
+        """`<code> <text>`, the lines of a multi-line reply joined by LF."""
+        return f"{self.code} " + "\n".join(self.lines)
+
+    def error(self, stage: str) -> DeliveryError:
+        """The DeliveryError this reply means at stage (5xx permanent, else temporary)."""
+        return DeliveryError(f"LMTP {stage}: {self.text()}", permanent=500 <= self.code <= 599)
+
+
+def parse_address(address: str) -> tuple[str, int] | str:
+    """A unix socket path (starting with /) as is, or host:port as (host, port)."""
+    if address.startswith("/"):
+        return address
+    host, colon, port = address.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ChasquidError(f"LMTP address {address!r}: expected a unix socket path or host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """The DATA payload: CRLF line endings, leading dots doubled, and the final dot."""
+    body = to_crlf(data)
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return re.sub(rb"(?m)^\.", b"..", body) + b".\r\n"
+
+
+class _Connection:
+    """One LMTP session after LHLO; used by one transaction at a time."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timeout = timeout
+        self.extensions: frozenset[str] = frozenset()
+
+    async def read_reply(self) -> Reply:
+        lines: list[str] = []
+        code = 0
+        while len(lines) < _MAX_REPLY_LINES:
+            raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            if not raw.endswith(b"\n"):
+                raise asyncio.IncompleteReadError(raw, None)
+            line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+                raise LMTPProtocolError(f"malformed reply line {line[:100]!r}")
+            if lines and int(line[:3]) != code:
+                raise LMTPProtocolError(f"reply code changed within a reply: {line[:100]!r}")
+            code = int(line[:3])
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return Reply(code, tuple(lines))
+        raise LMTPProtocolError("reply too long")
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), self.timeout)
+
+    async def command(self, line: str) -> Reply:
+        await self.send(line.encode("utf-8", "surrogateescape") + b"\r\n")
+        return await self.read_reply()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def quit(self) -> None:
+        with contextlib.suppress(*_IO_ERRORS, LMTPProtocolError):
+            await asyncio.wait_for(self.command("QUIT"), min(self.timeout, 5.0))
+        self.close()
+
+
+def _wire_address(addr: str, smtputf8: bool) -> str:
+    """The address as sent in MAIL/RCPT; raises DeliveryError if it cannot be sent."""
+    if addr in ("", "<>"):
+        return ""
+    if addr.isascii() or smtputf8:
+        return addr
+    user, _ = split_addr(addr)
+    if not user.isascii():
+        raise DeliveryError(
+            "local part is not ASCII but the LMTP server does not support SMTPUTF8",
+            permanent=True,
+        )
+    try:
+        return addr_to_ascii(addr)
+    except NormalizationError as e:
+        raise DeliveryError(f"non-ASCII domain is not IDNA safe: {e}", permanent=True) from e
+
+
+class LMTPCourier:
+    """Delivers local mail to an LMTP server over pooled connections."""
+
+    def __init__(
+        self,
+        address: str,
+        lhlo_name: str,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if pool_size < 1:
+            raise ChasquidError(f"LMTP pool size must be at least 1, not {pool_size}")
+        self.address = address
+        self._target = parse_address(address)
+        self.lhlo_name = lhlo_name
+        self.pool_size = pool_size
+        self.timeout = timeout
+        self._idle: list[_Connection] = []
+        self._slots = asyncio.Semaphore(pool_size)
+        #: Connections opened so far (monitoring, tests).
+        self.connections_opened = 0
+
+    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
+        """Deliver to one recipient; raise DeliveryError on failure."""
+        error = (await self.deliver_many(sender, [rcpt], data))[rcpt]
+        if error is not None:
+            raise error
+
+    async def deliver_many(
+        self, sender: str, rcpts: Sequence[str], data: bytes
+    ) -> dict[str, DeliveryError | None]:
+        """Deliver to several recipients in one transaction; None means delivered."""
+        results: dict[str, DeliveryError | None] = {}
+        todo = list(dict.fromkeys(rcpts))
+        if not todo:
+            return results
+        payload = dot_stuff(data)
+        async with self._slots:
+            for attempt in range(2):
+                try:
+                    conn = await self._get_connection()
+                except (*_IO_ERRORS, LMTPProtocolError) as e:
+                    failure = f"LMTP connecting to {self.address}: {_describe(e)}"
+                else:
+                    try:
+                        await self._transaction(conn, sender, todo, payload, results)
+                    except _ConnectionBroken as e:
+                        conn.close()
+                        failure = str(e)
+                    else:
+                        self._put_back(conn)
+                        return results
+                todo = [r for r in todo if r not in results]
+                if not todo or attempt == 1:
+                    break
+            for r in todo:
+                results[r] = DeliveryError(failure, permanent=False)
+        return results
+
+    async def close(self) -> None:
+        """Say QUIT on and close every idle connection."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.quit()
+
+    async def _get_connection(self) -> _Connection:
+        while self._idle:
+            conn = self._idle.pop()
+            # The server may have dropped an idle connection; RSET finds out
+            # cheaply and also clears any state a past transaction left.
+            try:
+                if (await conn.command("RSET")).code == 250:
+                    return conn
+            except (*_IO_ERRORS, LMTPProtocolError):
+                pass
+            conn.close()
+        return await self._connect()
+
+    async def _connect(self) -> _Connection:
+        self.connections_opened += 1
+        if isinstance(self._target, str):
+            opening = asyncio.open_unix_connection(self._target)
+        else:
+            opening = asyncio.open_connection(*self._target)
+        reader, writer = await asyncio.wait_for(opening, self.timeout)
+        conn = _Connection(reader, writer, self.timeout)
+        try:
+            greeting = await conn.read_reply()
+            if greeting.code != 220:
+                raise LMTPProtocolError(f"unexpected greeting {greeting.text()!r}")
+            hello = await conn.command(f"LHLO {self.lhlo_name}")
+            if hello.code != 250:
+                raise LMTPProtocolError(f"LHLO rejected: {hello.text()!r}")
+        except BaseException:
+            conn.close()
+            raise
+        conn.extensions = frozenset(
+            line.split(" ", 1)[0].upper() for line in hello.lines[1:] if line
+        )
+        return conn
+
+    def _put_back(self, conn: _Connection) -> None:
+        if len(self._idle) < self.pool_size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _transaction(
+        self,
+        conn: _Connection,
+        sender: str,
+        rcpts: list[str],
+        payload: bytes,
+        results: dict[str, DeliveryError | None],
+    ) -> None:
+        """One MAIL/RCPT.../DATA exchange; fills results for every recipient it settles."""
+        stage = "MAIL"
+        try:
+            offered_utf8 = "SMTPUTF8" in conn.extensions
+            need_utf8 = offered_utf8 and not all(a.isascii() for a in [sender, *rcpts])
+            try:
+                mail_from = _wire_address(sender, offered_utf8)
+            except DeliveryError as e:
+                for r in rcpts:
+                    results[r] = e
+                return
+            params = ""
+            if "8BITMIME" in conn.extensions:
+                params += " BODY=8BITMIME"
+            if need_utf8:
+                params += " SMTPUTF8"
+            reply = await conn.command(f"MAIL FROM:<{mail_from}>{params}")
+            if reply.code != 250:
+                for r in rcpts:
+                    results[r] = reply.error(stage)
+                await self._reset(conn)
+                return
+            stage = "RCPT"
+            accepted: list[str] = []
+            for r in rcpts:
+                try:
+                    wire = _wire_address(r, offered_utf8)
+                except DeliveryError as e:
+                    results[r] = e
+                    continue
+                reply = await conn.command(f"RCPT TO:<{wire}>")
+                if 200 <= reply.code <= 299:
+                    accepted.append(r)
+                else:
+                    results[r] = reply.error(stage)
+            if not accepted:
+                await self._reset(conn)
+                return
+            stage = "DATA"
+            reply = await conn.command("DATA")
+            if reply.code != 354:
+                for r in accepted:
+                    results[r] = reply.error(stage)
+                await self._reset(conn)
+                return
+            stage = "DATA writing"
+            await conn.send(payload)
+            stage = "DATA closing"
+            # RFC 2033: one reply per accepted recipient, in RCPT order.
+            for r in accepted:
+                reply = await conn.read_reply()
+                results[r] = None if 200 <= reply.code <= 299 else reply.error(stage)
+        except (*_IO_ERRORS, LMTPProtocolError) as e:
+            raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
+
+    async def _reset(self, conn: _Connection) -> None:
+        reply = await conn.command("RSET")
+        if reply.code != 250:
+            raise LMTPProtocolError(f"RSET rejected: {reply.text()!r}")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, asyncio.IncompleteReadError):
+        return "connection closed by the server"
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
