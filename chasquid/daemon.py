@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
     from chasquid.smtpsrv.server import Mode, ReceptionContext
+    from chasquid.smtpsrv.session import SMTPSession
 
 log = logging.getLogger("chasquid.daemon")
 
@@ -465,10 +466,7 @@ class Daemon:
         """Decision 3: stop listening, let transactions finish (bounded), stop the queue."""
         for server in self.servers:
             server.close()
-        drain = getattr(self, "_drain_sessions", None)
-        if callable(drain):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(drain(), SHUTDOWN_GRACE)
+        await drain_sessions(SHUTDOWN_GRACE)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -480,6 +478,52 @@ class Daemon:
         if self.maillog is not None:
             self.maillog.close()
         log.info("chasquid exiting")
+
+
+def live_sessions() -> list[SMTPSession]:
+    """The SMTP sessions being served, found through their handler tasks.
+
+    aiosmtpd runs each connection as one task whose coroutine is a method of
+    the session, so no registry is needed to reach them at shutdown.
+    """
+    from chasquid.smtpsrv.session import SMTPSession
+
+    found: list[SMTPSession] = []
+    for task in asyncio.all_tasks():
+        frame = getattr(task.get_coro(), "cr_frame", None)
+        owner = frame.f_locals.get("self") if frame is not None else None
+        if isinstance(owner, SMTPSession) and owner not in found:
+            found.append(owner)
+    return found
+
+
+def _in_transaction(session: SMTPSession) -> bool:
+    """Between an accepted MAIL and the reply to DATA (the envelope is reset after it)."""
+    return getattr(session, "mail_from", None) is not None
+
+
+async def drain_sessions(grace: float) -> None:
+    """Close idle sessions now; let those in a transaction finish it, for up to ``grace`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while True:
+        busy = False
+        for session in live_sessions():
+            if _in_transaction(session) and loop.time() < deadline:
+                busy = True
+            elif session.transport is not None:
+                session.transport.close()
+        if not busy:
+            break
+        await asyncio.sleep(0.05)
+    # Give the closed sessions' tasks a moment to notice and end cleanly.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(_sessions_gone(), 2.0)
+
+
+async def _sessions_gone() -> None:
+    while live_sessions():
+        await asyncio.sleep(0.02)
 
 
 def _smtpsrv_mode(mode: ModeInfo) -> Mode:
