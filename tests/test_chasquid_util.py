@@ -257,6 +257,18 @@ def test_user_list(tmp_path: Path) -> None:
     assert unknown.stderr.startswith('Unknown domain "nowhere.example"')
 
 
+def test_user_list_is_a_table_on_a_terminal(tmp_path: Path) -> None:
+    cdir = make_config(tmp_path)
+    assert run(f"-C={cdir}", "user-add", "ro@example.com", "--receive_only").returncode == 0
+    code, out = _pty_session([f"-C={cdir}", "user-list"], [])
+    assert code == 0, out
+    header = next(line for line in out.splitlines() if "user" in line and "domain" in line)
+    assert "receive only" in header
+    row = next(line for line in out.splitlines() if "ro" in line and "example.com" in line)
+    assert "yes" in row
+    assert "ro@example.com" not in out  # the plain form is for pipes
+
+
 # --- commands that read chasquid.conf ---------------------------------------
 
 
