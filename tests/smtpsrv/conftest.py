@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from helpers.dns import dns_server
 
 from chasquid import config as configmod
 from chasquid.domaininfo import DomainInfoStore
@@ -76,6 +77,14 @@ def _write_config(root: Path, ca: trustme.CA, conf: str) -> None:
     )
     (cdir / "domains" / "example.com" / "aliases").write_text("postmaster: user\n")
     (cdir / "hooks").mkdir()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SPF look-ups go to an empty test zone unless a test sets its own."""
+    with dns_server({}) as addr:
+        monkeypatch.setenv("CHASQUID_TEST_DNS", addr)
+        yield
 
 
 @pytest.fixture
