@@ -60,7 +60,7 @@ def dns_server(zone: Zone) -> Iterator[str]:
 
     server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         host, port = server.server_address[:2]
