@@ -109,7 +109,13 @@ class SMTPSession(SMTP):
         return asyncio.StreamReaderProtocol.eof_received(self)
 
     def _log_error(self, text: str) -> None:
-        log.warning("SMTP.Conn %s: error: %s", self.tcp_peer, go_quote(text)[1:-1])
+        # fail2ban bans the address at the start of the line: behind a PROXY
+        # it must be the real client, with the proxy's address kept alongside.
+        who = self.tcp_peer
+        client = format_client(self.client) if self.client else ""
+        if client and client != self.tcp_peer:
+            who = f"{client} (via {self.tcp_peer})"
+        log.warning("SMTP.Conn %s: error: %s", who, go_quote(text)[1:-1])
 
     async def _send(self, code: int, text: str) -> None:
         lines = text.split("\n")
