@@ -145,6 +145,13 @@ def _bool_names(name: str) -> list[str]:
     metavar="N",
     help="For tests only: Received: header count above which a message is a loop.",
 )
+@click.option(
+    *_names("testing__retry_schedule"),
+    default="",
+    metavar="DURATIONS",
+    help="For tests only: delivery retry delays, comma-separated Go durations (e.g. 1s,2s,3s); "
+    "the default is 1m,5m,10m,20m.",
+)
 @click.argument("ignored", nargs=-1, type=click.UNPROCESSED)
 def command(
     config_dir: str,
@@ -157,6 +164,7 @@ def command(
     alsologtostderr: bool,
     testing__reload_every: float,
     testing__max_received_headers: int,
+    testing__retry_schedule: str,
     ignored: tuple[str, ...],
 ) -> None:
     """Run the daemon (the docstring is not shown: click uses the help= text)."""
@@ -186,8 +194,21 @@ def command(
         config_overrides=config_overrides,
         reload_every=testing__reload_every,
         max_received_headers=testing__max_received_headers,
+        retry_schedule=_retry_schedule(testing__retry_schedule),
     )
     sys.exit(daemon.run(options, mainlog))
+
+
+def _retry_schedule(text: str) -> tuple[float, ...]:
+    """The --testing__retry_schedule value; () (the default schedule) when empty."""
+    if not text:
+        return ()
+    from chasquid.queue.delivery import parse_retry_schedule
+
+    try:
+        return parse_retry_schedule(text)
+    except (ValueError, DurationError) as e:
+        raise click.BadParameter(str(e), param_hint="--testing__retry_schedule") from None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

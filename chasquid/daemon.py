@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from chasquid.domains import Domains
     from chasquid.layout import ConfigDir, DataDir
     from chasquid.maillog import MailLog
+    from chasquid.queue.delivery import Delivery
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
     from chasquid.smtpsrv.server import Mode, ReceptionContext
@@ -62,6 +63,8 @@ class DaemonOptions:
     config_overrides: str = ""
     reload_every: float = 30.0
     max_received_headers: int = 50
+    #: Retry delays of the delivery loop (``--testing__retry_schedule``); () = spec/20 §4.7.
+    retry_schedule: tuple[float, ...] = ()
 
 
 def run(options: DaemonOptions, mainlog: MainLog) -> int:
@@ -180,6 +183,8 @@ class Daemon:
         self.domains: Domains | None = None
         self.domaininfo: DomainInfoStore | None = None
         self.queue: Queue | None = None
+        self.delivery: Delivery | None = None
+        self.localrpc: asyncio.Server | None = None
         self.servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -241,6 +246,7 @@ class Daemon:
             log.error("Ideally there should be a certificate for each MX you act as")
             raise FatalError("At least one valid certificate is needed")
 
+        await self._start_localrpc()
         self._spawn(self._periodic_reload())
         await self._start_listeners(planned)
 
@@ -322,11 +328,42 @@ class Daemon:
             max_items=config.max_queue_items,
             give_up=config.give_up_send_after,
         )
+        self.delivery = self._start_delivery(queue)
         try:
             await queue.load()
         except QueueError as e:
             raise FatalError(f"Error loading queue: {e}") from None
         return queue
+
+    def _start_delivery(self, queue: Queue) -> Delivery:
+        """Delivery loops for every item (queue/delivery.py); remote mail waits for a courier."""
+        from chasquid.queue.delivery import DEFAULT_RETRY_SCHEDULE, couriers_for, start_delivery
+
+        assert self.config is not None and self.maillog is not None
+        return start_delivery(
+            queue,
+            couriers_for(self.config, Path.cwd()),
+            self.maillog,
+            lambda: self.current_domains().is_local,
+            retry_schedule=self.options.retry_schedule or DEFAULT_RETRY_SCHEDULE,
+            counters=queue.counters,
+        )
+
+    async def _start_localrpc(self) -> None:
+        """The local RPC server for chasquid-util (spec/30 §2.5); failure is only logged."""
+        from chasquid import localrpc
+        from chasquid.queue import admin
+
+        assert self.data_dir is not None and self.domaininfo is not None
+        assert self.delivery is not None
+        handlers = localrpc.standard_handlers(
+            lambda: self.current_domains().resolver, self.domaininfo
+        )
+        handlers.update(admin.handlers(self.delivery))
+        try:
+            self.localrpc = await localrpc.start_server(self.data_dir.localrpc_socket, handlers)
+        except ChasquidError as e:
+            log.error("Local RPC server not started: %s", e)
 
     def _inherited_sockets(self) -> dict[str, list[socket.socket]]:
         try:
@@ -470,6 +507,10 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.localrpc is not None:
+            self.localrpc.close()
+        if self.delivery is not None:
+            await self.delivery.stop()
         stop_queue: Callable[[], object] | None = getattr(self.queue, "stop", None)
         if stop_queue is not None:
             result = stop_queue()

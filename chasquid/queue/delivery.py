@@ -1,0 +1,502 @@
+"""The per-item delivery loop (spec/20 §4.7-4.10, §5.1, §11) and queue administration.
+
+Every item in the queue gets one asyncio task that attempts its pending
+recipients in parallel, records each outcome durably before reporting it,
+sleeps according to the retry schedule and, once nothing is pending or the
+item is too old, queues a DSN (never for the null sender) and deletes the
+item.
+
+Routing (spec/20 §4.8, decision 10): pipes and local mail (MDA) go one
+recipient per call; with ``mail_lmtp_address`` every local recipient of an
+item goes in one LMTP transaction; remote recipients (EMAIL to a remote
+domain and FORWARD) go to the remote courier, one call per destination
+domain, rewritten sender and via list, so it can send them in one SMTP
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from chasquid.courier.base import Courier, DeliveryError
+from chasquid.errors import ChasquidError
+from chasquid.maillog import MailLog
+from chasquid.metrics import Counters
+from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
+from chasquid.queue.dsn import build_dsn, reporting_domain
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.queue import Queue, QueueError
+
+if TYPE_CHECKING:
+    from chasquid.config import Config
+
+log = logging.getLogger("chasquid.queue")
+
+DSN_QUEUED = "chasquid/queue/dsnQueued"
+DELIVER_ATTEMPTS = "chasquid/queue/deliverAttempts"
+
+#: spec/20 §4.7: the delay after an attempt is the first of these longer than
+#: the item's age, else the last one.
+DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (60.0, 300.0, 600.0, 1200.0)
+
+#: The text a recipient removed by ``queue remove`` is failed with.
+REMOVED_MESSAGE = "removed from the queue by the administrator"
+
+#: What a courier that sends several recipients at once returns: one result
+#: per recipient (None for success), in order, or keyed by recipient address.
+BatchResult = Sequence[DeliveryError | None] | Mapping[str, DeliveryError | None]
+
+
+class LocalBatchCourier(Protocol):
+    """Delivers to several local recipients in one transaction (the LMTP courier)."""
+
+    async def deliver_many(self, sender: str, rcpts: Sequence[str], data: bytes) -> BatchResult:
+        """Deliver data to every rcpt; a DeliveryError raised applies to all of them."""
+        ...
+
+
+class RemoteCourier(Protocol):
+    """Delivers to remote recipients of one domain in one SMTP transaction (decision 10).
+
+    ``via`` is empty for EMAIL recipients (the domain's MX hosts are used) and
+    the alias's server list for FORWARD recipients (tried in order).
+    """
+
+    async def deliver_many(
+        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
+    ) -> BatchResult:
+        """Deliver data to every rcpt; a DeliveryError raised applies to all of them."""
+        ...
+
+
+class RemoteUnavailableCourier:
+    """Placeholder remote courier: every remote delivery fails temporarily.
+
+    The daemon wires this in until an SMTP courier exists, so remote mail
+    stays queued (and is retried) instead of being lost or bounced.
+    """
+
+    MESSAGE = "remote delivery is not available yet in this build; the message stays queued"
+
+    async def deliver_many(
+        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
+    ) -> BatchResult:
+        """Fail temporarily for every recipient."""
+        raise DeliveryError(self.MESSAGE, permanent=False)
+
+
+@dataclass(frozen=True)
+class Couriers:
+    """The couriers the delivery loop routes to (spec/20 §4.8)."""
+
+    local: Courier
+    pipe: Courier
+    remote: RemoteCourier
+    #: When set (``mail_lmtp_address``), local mail goes here instead of ``local``.
+    lmtp: LocalBatchCourier | None = None
+
+
+def next_delay(
+    age: float, schedule: Sequence[float] = DEFAULT_RETRY_SCHEDULE, rand: float | None = None
+) -> float:
+    """Seconds to wait before the next attempt of an item age seconds old.
+
+    The first schedule entry greater than the age, else the last; plus a
+    jitter in [0, last/20) (60 s for the default schedule). rand in [0, 1)
+    fixes the jitter (for tests).
+    """
+    if not schedule:
+        raise ValueError("empty retry schedule")
+    delay = schedule[-1]
+    for d in schedule[:-1]:
+        if age < d:
+            delay = d
+            break
+    r = random.random() if rand is None else rand
+    return delay + r * schedule[-1] / 20
+
+
+def parse_retry_schedule(text: str) -> tuple[float, ...]:
+    """Parse ``--testing__retry_schedule`` (comma-separated Go durations, e.g. ``1s,2s,3s``)."""
+    from chasquid.gofmt import parse_duration
+
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("the retry schedule needs at least one duration")
+    values = tuple(parse_duration(p) for p in parts)
+    if any(v <= 0 for v in values):
+        raise ValueError("retry schedule durations must be positive")
+    return values
+
+
+def rewrite_sender(sender: str, original_address: str) -> str:
+    """Send-only SRS (spec/20 §4.9, decision 14): ``U+fwd_from=F@D``, D in ASCII form."""
+    user, domain = split_addr(original_address)
+    with contextlib.suppress(NormalizationError):
+        domain = domain_to_ascii(domain)
+    return f"{user}+fwd_from={sender.replace('@', '=')}@{domain}"
+
+
+def attempt_kind(rcpt: QueuedRecipient, is_local: Callable[[str], bool]) -> str:
+    """The ``deliverAttempts`` label of a recipient (spec/20 §4.8)."""
+    if rcpt.kind is RecipientKind.PIPE:
+        return "pipe"
+    if rcpt.kind is RecipientKind.FORWARD:
+        return "forward"
+    return "email:local" if is_local(rcpt.address) else "email:remote"
+
+
+class ItemRunner:
+    """The delivery loop of one item; its current state is ``item``."""
+
+    def __init__(self, delivery: Delivery, item: QueueItem) -> None:
+        self.delivery = delivery
+        self.item = item
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.next_attempt: datetime | None = None
+        self._writes: set[asyncio.Future[bool]] = set()
+
+    # --- the loop, spec/20 §4.7.
+
+    async def run(self) -> None:
+        """Attempt until done or given up, then DSN and delete."""
+        d = self.delivery
+        while self._age() < d.queue.give_up:
+            await self.attempt_round()
+            if not self.item.pending():
+                break
+            delay = next_delay(self._age(), d.retry_schedule)
+            self.next_attempt = d.now() + timedelta(seconds=delay)
+            d.maillog.queue_loop(self.item.id, self.item.sender, delay)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+            self.next_attempt = None
+        await self.finish()
+
+    def _age(self) -> float:
+        return (self.delivery.now() - self.item.created_at).total_seconds()
+
+    async def attempt_round(self) -> None:
+        """Attempt every pending recipient in parallel and wait for all of them."""
+        d = self.delivery
+        item = self.item
+        is_local = d.is_local()
+        jobs: list[Awaitable[None]] = []
+        lmtp_group: list[int] = []
+        remote_groups: dict[tuple[str, str, tuple[str, ...]], list[int]] = {}
+        for i in item.pending():
+            r = item.rcpts[i]
+            kind = attempt_kind(r, is_local)
+            if kind == "pipe":
+                jobs.append(self._single(i, d.couriers.pipe, item.sender, kind))
+            elif kind == "email:local":
+                if d.couriers.lmtp is not None:
+                    lmtp_group.append(i)
+                else:
+                    jobs.append(self._single(i, d.couriers.local, item.sender, kind))
+            else:
+                sender = item.sender
+                if not is_local(sender):
+                    sender = rewrite_sender(sender, r.original_address)
+                _, domain = split_addr(r.address)
+                key = (domain, sender, r.via if kind == "forward" else ())
+                remote_groups.setdefault(key, []).append(i)
+        if lmtp_group:
+            lmtp = d.couriers.lmtp
+            assert lmtp is not None
+            jobs.append(
+                self._batch(
+                    lmtp_group,
+                    lambda rcpts: lmtp.deliver_many(item.sender, rcpts, item.data),
+                    "email:local",
+                )
+            )
+        for (_, sender, via), indexes in remote_groups.items():
+            jobs.append(self._remote(indexes, sender, via))
+        await asyncio.gather(*jobs)
+
+    async def _single(self, i: int, courier: Courier, sender: str, kind: str) -> None:
+        r = self.item.rcpts[i]
+        self.delivery.counters.inc(DELIVER_ATTEMPTS, kind)
+        try:
+            await courier.deliver(sender, r.address, self.item.data)
+            error: DeliveryError | None = None
+        except DeliveryError as e:
+            error = e
+        except Exception as e:
+            error = _unexpected(self.item.id, r.address, e)
+        await self.record(i, error)
+
+    async def _remote(self, indexes: list[int], sender: str, via: tuple[str, ...]) -> None:
+        remote = self.delivery.couriers.remote
+        kind = "forward" if via else "email:remote"
+
+        def call(rcpts: Sequence[str]) -> Awaitable[BatchResult]:
+            return remote.deliver_many(sender, rcpts, self.item.data, via=via)
+
+        await self._batch(indexes, call, kind)
+
+    async def _batch(
+        self,
+        indexes: list[int],
+        call: Callable[[Sequence[str]], Awaitable[BatchResult]],
+        kind: str,
+    ) -> None:
+        rcpts = [self.item.rcpts[i].address for i in indexes]
+        self.delivery.counters.inc(DELIVER_ATTEMPTS, kind, by=len(indexes))
+        errors: list[DeliveryError | None]
+        try:
+            result = await call(rcpts)
+            errors = _align(result, rcpts)
+        except DeliveryError as e:
+            errors = [e] * len(indexes)
+        except Exception as e:
+            errors = [_unexpected(self.item.id, ", ".join(rcpts), e)] * len(indexes)
+        for i, error in zip(indexes, errors, strict=True):
+            await self.record(i, error)
+
+    async def record(self, i: int, error: DeliveryError | None) -> None:
+        """Apply one attempt's outcome: write it durably first, then log it."""
+        d = self.delivery
+        if error is None:
+            self.item = self.item.with_status(i, RecipientStatus.SENT)
+        elif error.permanent:
+            self.item = self.item.with_status(i, RecipientStatus.FAILED, error.message)
+        else:
+            self.item = self.item.with_status(i, RecipientStatus.PENDING, error.message)
+        await self.write()
+        r = self.item.rcpts[i]
+        item_id, sender = self.item.id, self.item.sender
+        if error is None:
+            log.info("Queue.SendLoop %s: %s sent", item_id, r.address)
+        else:
+            kind = "permanent" if error.permanent else "temporary"
+            log.info("Queue.SendLoop %s: %s failed (%s): %s", item_id, r.address, kind, error)
+        if error is None:
+            d.maillog.sent(item_id, sender, r.address)
+        else:
+            d.maillog.failed(item_id, sender, r.address, error.message, error.permanent)
+
+    async def write(self) -> None:
+        """Rewrite the item durably; a write in flight survives cancellation of the loop."""
+        fut = asyncio.ensure_future(self.delivery.queue.update(self.item))
+        self._writes.add(fut)
+        fut.add_done_callback(self._writes.discard)
+        await asyncio.shield(fut)
+
+    async def settle_writes(self) -> None:
+        """Wait for writes started before the loop was cancelled."""
+        if self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+    async def finish(self) -> None:
+        """DSN if something failed or is still pending (not for ``<>``), then delete."""
+        d = self.delivery
+        item = self.item
+        # From here on administrators cannot remove or flush it: it is leaving.
+        d.runners.pop(item.id, None)
+        unfinished = any(r.status is not RecipientStatus.SENT for r in item.rcpts)
+        if unfinished and item.sender != "<>":
+            await d.queue_dsn(item)
+        d.maillog.all_done(item.id, item.sender)
+        await d.queue.remove(item.id)
+
+
+def _align(result: BatchResult, rcpts: Sequence[str]) -> list[DeliveryError | None]:
+    if isinstance(result, Mapping):
+        missing = DeliveryError(
+            "the courier returned no result for this recipient", permanent=False
+        )
+        return [result.get(r, missing) for r in rcpts]
+    errors = list(result)
+    if len(errors) != len(rcpts):
+        e = DeliveryError(
+            f"the courier returned {len(errors)} results for {len(rcpts)} recipients",
+            permanent=False,
+        )
+        return [e] * len(rcpts)
+    return errors
+
+
+def _unexpected(item_id: str, to: str, e: Exception) -> DeliveryError:
+    # A bug in a courier must not kill the item's loop: retry later.
+    log.exception("%s: unexpected error delivering to %s", item_id, to)
+    return DeliveryError(f"internal error: {type(e).__name__}: {e}", permanent=False)
+
+
+class AdminError(ChasquidError):
+    """A queue administration request that cannot be done (unknown id, ...)."""
+
+
+class Delivery:
+    """Runs one delivery loop per queued item; flush and remove for administrators."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        couriers: Couriers,
+        maillog: MailLog,
+        is_local: Callable[[], Callable[[str], bool]],
+        *,
+        retry_schedule: Sequence[float] = DEFAULT_RETRY_SCHEDULE,
+        counters: Counters | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.couriers = couriers
+        self.maillog = maillog
+        self.is_local = is_local
+        self.retry_schedule = tuple(retry_schedule)
+        self.counters = counters if counters is not None else queue.counters
+        self.now = now if now is not None else (lambda: datetime.now(UTC))
+        self.runners: dict[str, ItemRunner] = {}
+        self._stopped = False
+
+    def start_item(self, item: QueueItem) -> None:
+        """Start the loop of a new item (the queue's on_new_item callback)."""
+        if self._stopped or item.id in self.runners:
+            return
+        runner = ItemRunner(self, item)
+        self.runners[item.id] = runner
+        runner.task = asyncio.get_running_loop().create_task(
+            self._guarded(runner), name=f"queue-item-{item.id}"
+        )
+
+    async def _guarded(self, runner: ItemRunner) -> None:
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The item stays on disk and is retried at the next start.
+            log.exception("%s: delivery loop failed", runner.item.id)
+            self.runners.pop(runner.item.id, None)
+
+    def is_local_domain(self, domain: str) -> bool:
+        """Whether a bare domain is one of ours (for the DSN's reporting domain)."""
+        return bool(domain) and self.is_local()("x@" + domain)
+
+    async def queue_dsn(self, item: QueueItem) -> None:
+        """Queue the DSN of a finished item; a failure is logged and the DSN dropped."""
+        dsn = build_dsn(
+            item, reporting_domain(item, self.is_local_domain), datetime.now().astimezone()
+        )
+        try:
+            dsn_id = await self.queue.put("<>", [item.sender], dsn)
+        except QueueError as e:
+            log.error("%s: failed to queue DSN: %s", item.id, e)
+            return
+        self.counters.inc(DSN_QUEUED)
+        log.info("%s: sent DSN %s", item.id, dsn_id)
+
+    # --- administration.
+
+    def flush(self, item_id: str | None = None) -> int:
+        """Retry now: wake one item's loop (or every loop); how many were woken."""
+        if item_id is not None:
+            runner = self.runners.get(item_id)
+            if runner is None:
+                raise AdminError(f"no item {item_id!r} in the queue")
+            runner.wake.set()
+            return 1
+        for runner in self.runners.values():
+            runner.wake.set()
+        return len(self.runners)
+
+    async def remove(self, item_id: str, dsn: bool = True) -> None:
+        """Take an item out of the queue; with dsn, its sender gets a DSN for what is pending."""
+        runner = self.runners.pop(item_id, None)
+        if runner is None:
+            raise AdminError(f"no item {item_id!r} in the queue")
+        if runner.task is not None:
+            runner.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner.task
+        await runner.settle_writes()
+        item = runner.item
+        for i in item.pending():
+            item = item.with_status(i, RecipientStatus.FAILED, REMOVED_MESSAGE)
+        runner.item = item
+        if (
+            dsn
+            and item.sender != "<>"
+            and any(r.status is RecipientStatus.FAILED for r in item.rcpts)
+        ):
+            await self.queue_dsn(item)
+        self.maillog.all_done(item.id, item.sender)
+        await self.queue.remove(item.id)
+
+    def next_attempt(self, item_id: str) -> datetime | None:
+        """When the item's next attempt is due (None while attempting, or unknown)."""
+        runner = self.runners.get(item_id)
+        return runner.next_attempt if runner is not None else None
+
+    async def stop(self) -> None:
+        """Stop every loop without touching the items: pending ones resume at the next start."""
+        self._stopped = True
+        runners = list(self.runners.values())
+        for runner in runners:
+            if runner.task is not None:
+                runner.task.cancel()
+        tasks = [r.task for r in runners if r.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for runner in runners:
+            await runner.settle_writes()
+        close = getattr(self.couriers.lmtp, "close", None)
+        if close is not None:
+            await close()
+
+
+def start_delivery(
+    queue: Queue,
+    couriers: Couriers,
+    maillog: MailLog,
+    is_local: Callable[[], Callable[[str], bool]],
+    *,
+    retry_schedule: Sequence[float] = DEFAULT_RETRY_SCHEDULE,
+    counters: Counters | None = None,
+) -> Delivery:
+    """Attach a Delivery to the queue: every item already in it and every new one gets a loop.
+
+    is_local returns the current locality test (it follows domain reloads).
+    Must be called with the event loop running.
+    """
+    delivery = Delivery(
+        queue, couriers, maillog, is_local, retry_schedule=retry_schedule, counters=counters
+    )
+    queue.on_new_item = delivery.start_item
+    for item in queue.items():
+        delivery.start_item(item)
+    return delivery
+
+
+def couriers_for(config: Config, config_dir: Path, remote: RemoteCourier | None = None) -> Couriers:
+    """The couriers for a configuration: MDA or LMTP for local mail, pipes, and remote.
+
+    Without a remote courier, :class:`RemoteUnavailableCourier` is used.
+    """
+    from chasquid.courier.lmtp import LMTPCourier
+    from chasquid.courier.mda import mda_from_config
+    from chasquid.courier.pipe import PipeCourier
+
+    lmtp = (
+        LMTPCourier(config.mail_lmtp_address, config.hostname) if config.mail_lmtp_address else None
+    )
+    return Couriers(
+        local=mda_from_config(
+            config.mail_delivery_agent_bin, config.mail_delivery_agent_args, config_dir
+        ),
+        pipe=PipeCourier(config_dir),
+        remote=remote if remote is not None else RemoteUnavailableCourier(),
+        lmtp=lmtp,
+    )
