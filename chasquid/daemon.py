@@ -180,6 +180,9 @@ class Daemon:
         self.data_dir: DataDir | None = None
         self.maillog: MailLog | None = None
         self.certificates: Certificates | None = None
+        # The certificates the listeners were started with (see _reload_certificates).
+        self.served_certificates: Certificates | None = None
+        self.ctx: ReceptionContext | None = None
         self.domains: Domains | None = None
         self.domaininfo: DomainInfoStore | None = None
         self.queue: Queue | None = None
@@ -377,7 +380,8 @@ class Daemon:
         assert self.config is not None and self.config_dir is not None
         assert self.certificates is not None and self.domaininfo is not None
         assert self.queue is not None and self.maillog is not None
-        return ReceptionContext(
+        self.served_certificates = self.certificates
+        self.ctx = ReceptionContext(
             config=self.config,
             config_dir=self.config_dir,
             certs=self.certificates,
@@ -387,6 +391,7 @@ class Daemon:
             maillog=self.maillog,
             max_received_headers=self.options.max_received_headers,
         )
+        return self.ctx
 
     async def _start_listeners(self, planned: list[Listener]) -> None:
         from chasquid.smtpsrv.server import start_server
@@ -486,6 +491,15 @@ class Daemon:
         if certs is None:
             log.error("Error reloading certificates: none found, keeping the previous ones")
             return
+        if self.served_certificates is not None and self.ctx is not None:
+            # Implicit-TLS listeners hold the first context for good; its SNI
+            # callback moves every handshake onto the newly loaded contexts.
+            served = self.served_certificates.server_context()
+            served.sni_callback = certs.server_context().sni_callback
+            # STARTTLS asks ctx.certs on each use. ReceptionContext is frozen
+            # and holds certificates rather than a getter, so swap the one
+            # reference in place (the same atomic swap as for domains).
+            object.__setattr__(self.ctx, "certs", certs)
         self.certificates = certs
 
     async def _reload_domains(self) -> None:

@@ -6,10 +6,12 @@ import re
 import signal
 import smtplib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
 import pytest
+import trustme
 from helpers.daemon import Daemon, Setup, messages
 
 MESSAGE = b"Subject: hi\r\n\r\nHello.\r\n"
@@ -106,3 +108,34 @@ def test_exit_signal_finishes_transaction_in_flight(
     items = list(s.queue_dir.glob("m:*"))
     assert len(items) == 1
     assert b"second half" in items[0].read_bytes()
+
+
+def test_sighup_reloads_certificates(
+    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
+) -> None:
+    s = chasquid_setup
+    d = chasquid_daemon()
+    new_ca = trustme.CA()
+    leaf = new_ca.issue_cert("testserver", "localhost", "127.0.0.1")
+    cert_dir = s.config_dir / "certs" / "testserver"
+    (cert_dir / "fullchain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(cert_dir / "privkey.pem"))
+    new_ctx = ssl.create_default_context()
+    new_ca.configure_trust(new_ctx)
+
+    d.signal(signal.SIGHUP)
+    d.wait_for_log("Received SIGHUP, reloading")
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with smtplib.SMTP_SSL(
+                "127.0.0.1", s.submission_tls_port, context=new_ctx, timeout=30
+            ) as c:
+                c.login(s.user_addr, s.password)
+            break
+        except ssl.SSLError:
+            assert time.monotonic() < deadline, d.log_text()
+            time.sleep(0.1)
+    with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=30) as c:
+        c.starttls(context=new_ctx)
+        assert c.ehlo()[0] == 250
