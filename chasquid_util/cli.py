@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from chasquid.errors import ChasquidError
-from chasquid_util import daemonless, render, users
+from chasquid_util import daemonless, daemonrpc, queue_commands, render, users
 from chasquid_util.argv import normalize_argv
 from chasquid_util.completers import (
     DEFAULT_CONFIG_DIR,
@@ -237,8 +237,8 @@ def user_list(domain: str | None, as_json: bool, **_: Any) -> None:
 @config_dir_options
 @reports_errors
 def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
-    """Show what an address resolves to (from the files; the daemon is not asked yet)."""
-    resolved = daemonless.aliases_resolve(resolve_config_dir(click.get_current_context()), address)
+    """Show what an address resolves to (asks the daemon; the files if it is not running)."""
+    resolved = daemonrpc.aliases_resolve(resolve_config_dir(click.get_current_context()), address)
     out = sys.stdout
     if render.use_rich(out, as_json):
         render.resolution_table(resolved, out)
@@ -253,8 +253,8 @@ def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
 @config_dir_options
 @reports_errors
 def domaininfo_remove(domain: str, **_: Any) -> None:
-    """Forget the security level seen for a domain (stop the daemon first for now)."""
-    daemonless.domaininfo_remove(resolve_config_dir(click.get_current_context()), domain)
+    """Forget the security level seen for a domain (through the daemon when it runs)."""
+    daemonrpc.domaininfo_remove(resolve_config_dir(click.get_current_context()), domain)
 
 
 @cli.command("print-config")
@@ -325,6 +325,9 @@ def init(
         click.echo(
             f"Put a certificate pair in {directory / 'certs'}/<name>/ (certbot's live/ layout)."
         )
+
+
+cli.add_command(queue_commands.queue)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
