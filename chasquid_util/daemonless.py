@@ -1,5 +1,5 @@
-"""Commands that load chasquid.conf: print-config, and the offline aliases-resolve and
-domaininfo-remove (they work on the files directly until the local RPC exists)."""
+"""Commands that load chasquid.conf: print-config, and the file-based aliases-resolve and
+domaininfo-remove (used when the daemon is not running)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from chasquid import config as configmod
 from chasquid.domaininfo import DomainInfoError, DomainInfoStore
 from chasquid.domains import load_domains
 from chasquid.errors import ChasquidError
-from chasquid.layout import DataDir
+from chasquid.layout import data_dir_for
 from chasquid_util.errors import UtilError
 from chasquid_util.users import require_config_dir
 
@@ -66,10 +66,11 @@ def aliases_resolve(config_dir: Path, address: str) -> list[Resolved]:
 def domaininfo_remove(config_dir: Path, domain: str) -> None:
     """Reset the stored security levels of domain to plain, in the data dir's store.
 
-    data_dir is resolved against the current directory, as chasquid-util does.
+    A relative data_dir is resolved against the config dir, as the daemon does,
+    so the files changed are the ones the daemon uses.
     """
     config = load_config(config_dir)
-    store_dir = DataDir(Path(config.data_dir)).domaininfo
+    store_dir = data_dir_for(config, config_dir).domaininfo
     if not store_dir.is_dir():
         # Opening the store would create the directory: an error must write nothing.
         raise UtilError("Error removing domaininfo entry: does not exist")

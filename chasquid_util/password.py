@@ -15,24 +15,27 @@ def read_password(prompt: str, stdin: TextIO, stdout: TextIO) -> str:
     Raises UtilError when stdin is not a terminal: a password must never be
     taken silently from a pipe by accident.
     """
-    stdout.write(prompt)
-    stdout.flush()
     try:
         fd = stdin.fileno()
         old = termios.tcgetattr(fd)
     except (OSError, ValueError, termios.error) as e:
-        stdout.write("\n")
+        stdout.write(prompt + "\n")
+        stdout.flush()
         raise UtilError(
             f"Error reading password: {_reason(e)} (stdin is not a terminal; "
             "use --password=... to give it on the command line)"
         ) from e
     new = list(old)
     new[3] &= ~termios.ECHO
+    # Echo goes off before the prompt appears, so nothing typed after seeing it is
+    # shown; TCSADRAIN (not TCSAFLUSH) keeps what was typed ahead.
+    termios.tcsetattr(fd, termios.TCSADRAIN, new)
     try:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, new)
+        stdout.write(prompt)
+        stdout.flush()
         line = stdin.readline()
     finally:
-        termios.tcsetattr(fd, termios.TCSAFLUSH, old)
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
         stdout.write("\n")
         stdout.flush()
     if not line:

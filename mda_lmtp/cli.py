@@ -22,8 +22,8 @@ import click
     "--addr_network",
     "--addr-network",
     "addr_network",
-    type=click.Choice(["", "unix", "tcp"]),
-    default="",
+    type=click.Choice(["unix", "tcp"]),
+    default=None,
     help="unix or tcp; autodetected when empty.",
 )
 @click.option("-f", "sender", default="", help="Envelope sender; <> is the null sender.")
@@ -36,7 +36,9 @@ import click
     is_flag=True,
     help="IDNA-encode sender and recipient before use.",
 )
-def command(addr: str, addr_network: str, sender: str, recipient: str, to_puny: bool) -> None:
+def command(
+    addr: str, addr_network: str | None, sender: str, recipient: str, to_puny: bool
+) -> None:
     """Placeholder until the delivery is written."""
     click.echo("mda-lmtp: not implemented yet")
     sys.exit(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pty
@@ -16,6 +17,9 @@ import pytest
 import yaml
 
 from chasquid_util.argv import normalize_argv
+from chasquid_util.errors import UtilError
+from chasquid_util.initdir import InitSettings, init_config_dir
+from chasquid_util.password import read_password
 
 UTIL = Path(sys.executable).parent / "chasquid-util"
 
@@ -68,6 +72,30 @@ def tree(root: Path) -> list[str]:
 )
 def test_normalize_argv(argv: list[str], expected: list[str]) -> None:
     assert normalize_argv(argv) == expected
+
+
+def test_read_password_refuses_a_non_terminal() -> None:
+    out = io.StringIO()
+    with pytest.raises(UtilError, match=r"^Error reading password: "):
+        read_password("Password: ", io.StringIO("pw\n"), out)
+    assert out.getvalue() == "Password: \n"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (InitSettings("bad host", "d.example", "/var/lib/chasquid", False), "Invalid host name"),
+        (InitSettings("mx", "../x", "/var/lib/chasquid", False), "Invalid domain"),
+        (InitSettings("mx", "", "/var/lib/chasquid", False), "Domain missing"),
+        (InitSettings("mx", "d.example", "", False), "data directory"),
+    ],
+)
+def test_init_validates_before_writing(
+    tmp_path: Path, settings: InitSettings, message: str
+) -> None:
+    with pytest.raises(UtilError, match=message):
+        init_config_dir(tmp_path / "new", settings)
+    assert not (tmp_path / "new").exists()
 
 
 # --- the "done when" ------------------------------------------------
@@ -171,7 +199,9 @@ def _pty_session(args: list[str], answers: list[str]) -> tuple[int, str]:
             if not chunk:
                 break
             output += chunk
-            if pending and output.rstrip().lower().endswith(b"password:"):
+            # One answer per prompt seen, never before its prompt (echo is still on then).
+            sent = len(answers) - len(pending)
+            if pending and output.count(b"assword: ") > sent:
                 os.write(fd, pending.pop(0).encode() + b"\n")
     finally:
         os.close(fd)
@@ -548,3 +578,25 @@ def test_completion_script_is_loadable_by_bash(tmp_path: Path) -> None:
     r = subprocess.run([bash, "-c", script], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     assert "_chasquid_util_completion" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("prog", "words", "expected"),
+    [
+        ("smtp-check", ["-sk"], "-skip_tls_check"),
+        ("mda-lmtp", ["--addr_network", ""], "unix"),
+        ("chasquid", ["-config_d"], "-config_dir"),
+    ],
+)
+def test_other_tools_complete_their_flags(prog: str, words: list[str], expected: str) -> None:
+    env = dict(os.environ)
+    env.update(
+        {
+            f"_{prog.replace('-', '_').upper()}_COMPLETE": "bash_complete",
+            "COMP_WORDS": " ".join([prog, *words]),
+            "COMP_CWORD": str(len(words)),
+        }
+    )
+    exe = Path(sys.executable).parent / prog
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, env=env)
+    assert f"plain,{expected}" in r.stdout.splitlines()
