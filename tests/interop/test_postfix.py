@@ -1,0 +1,169 @@
+"""Interop with a real third-party MTA: a private Postfix instance on loopback.
+
+The first tests check the Postfix fixture itself (it receives into its
+Maildir, it relays over verified STARTTLS, several instances coexist). The
+interop tests then have our daemon deliver to Postfix over STARTTLS, and
+Postfix deliver to our daemon.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from helpers.daemon import free_port
+from helpers.postfix import Postfix
+
+OURS = "ours.test"
+
+
+def message(sender: str, rcpt: str, subject: str) -> bytes:
+    """A small RFC 5322 message with CRLF line endings."""
+    return (
+        f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@interop.test>\r\n\r\n"
+        f"Body of {subject}.\r\n"
+    ).encode()
+
+
+def send(
+    host: str,
+    port: int,
+    sender: str,
+    rcpts: list[str],
+    data: bytes,
+    *,
+    tls: ssl.SSLContext | None = None,
+    login: tuple[str, str] | None = None,
+) -> None:
+    """Send one message with smtplib, optionally after STARTTLS and AUTH."""
+    with smtplib.SMTP(host, port, local_hostname="client.interop.test", timeout=30) as c:
+        if tls is not None:
+            c.starttls(context=tls)
+        if login is not None:
+            c.login(*login)
+        c.sendmail(sender, rcpts, data)
+
+
+def parse(data: bytes) -> EmailMessage:
+    """Parse raw message bytes."""
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def received_headers(msg: EmailMessage) -> list[str]:
+    """The Received: headers, top (newest) first, unfolded."""
+    return [" ".join(str(h).split()) for h in msg.get_all("Received", [])]
+
+
+# --- the fixture itself ------------------------------------------------------------------
+
+
+def test_postfix_delivers_to_its_maildir_over_starttls(
+    postfix_factory: Callable[..., Postfix],
+) -> None:
+    pf = postfix_factory()
+    ctx = ssl.create_default_context(cafile=str(pf.ca_file))
+    # Full verification (name 127.0.0.5 included): Postfix serves the fixture's certificate.
+    send(
+        pf.host,
+        pf.port,
+        "someone@elsewhere.test",
+        [pf.address("alice")],
+        message("someone@elsewhere.test", pf.address("alice"), "self test"),
+        tls=ctx,
+    )
+    (msg,) = pf.wait_for_messages("alice")
+    assert msg["Subject"] == "self test"
+    top = received_headers(msg)[0]
+    assert f"by {pf.hostname} (Postfix)" in top
+    assert "with ESMTPS" in top
+    assert "using TLSv1." in top
+    assert pf.messages("bob") == []
+
+
+def test_postfix_rejects_unknown_user(postfix_factory: Callable[..., Postfix]) -> None:
+    pf = postfix_factory()
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        send(
+            pf.host, pf.port, "x@elsewhere.test", [pf.address("nobody")], b"Subject: x\r\n\r\nx\r\n"
+        )
+    code, text = e.value.recipients[pf.address("nobody")]
+    assert code == 550
+    assert b"User unknown" in text
+
+
+@dataclass
+class Sink:
+    """What an aiosmtpd sink received: (envelope, TLS info of the session) per message."""
+
+    received: list[tuple[Any, dict[str, Any] | None]] = field(default_factory=list)
+    event: threading.Event = field(default_factory=threading.Event)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((envelope, session.ssl))
+        self.event.set()
+        return "250 2.0.0 OK sunk"
+
+
+def test_postfix_relays_over_verified_starttls(
+    postfix_factory: Callable[..., Postfix],
+) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "sink.ours.test").configure_cert(server_ctx)
+    sink = Sink()
+    port = free_port()
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=port,
+        tls_context=server_ctx,
+        require_starttls=True,
+        server_hostname="sink.ours.test",
+    )
+    controller.start()
+    try:
+        pf = postfix_factory(relays={OURS: f"[127.0.0.1]:{port}"}, ca=ca)
+        rcpt = f"carol@{OURS}"
+        send(pf.host, pf.port, pf.address("alice"), [rcpt], message(pf.address(), rcpt, "relay"))
+        assert sink.event.wait(30), f"nothing reached the sink:\n{pf.log_text()}"
+    finally:
+        controller.stop()
+    envelope, tls = sink.received[0]
+    assert envelope.rcpt_tos == [rcpt]
+    assert envelope.mail_from == pf.address("alice")
+    assert tls is not None, "Postfix sent without STARTTLS"
+    assert tls["ssl_object"].version() in ("TLSv1.2", "TLSv1.3")
+    # Postfix checked the sink's certificate against the CA it was given.
+    log = pf.wait_for_log(r"status=sent \(250 2\.0\.0 OK sunk\)")
+    assert f"Trusted TLS connection established to 127.0.0.1[127.0.0.1]:{port}" in log
+    top = received_headers(parse(envelope.content))[0]
+    assert f"by {pf.hostname} (Postfix) with ESMTP" in top
+
+
+def test_two_postfix_instances_run_side_by_side(
+    postfix_factory: Callable[..., Postfix],
+) -> None:
+    first = postfix_factory()
+    second = postfix_factory()
+    assert (first.host, first.port) != (second.host, second.port)
+    send(first.host, first.port, "x@e.test", [first.address()], message("x@e.test", "a", "one"))
+    send(second.host, second.port, "x@e.test", [second.address()], message("x@e.test", "a", "two"))
+    assert [m["Subject"] for m in first.wait_for_messages()] == ["one"]
+    assert [m["Subject"] for m in second.wait_for_messages()] == ["two"]
+    second.stop()
+    # Stopping one instance leaves the other serving.
+    send(first.host, first.port, "x@e.test", [first.address()], message("x@e.test", "a", "three"))
+    assert len(first.wait_for_messages(count=2)) == 2
