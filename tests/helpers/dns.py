@@ -6,7 +6,12 @@ Usage::
         monkeypatch.setenv("CHASQUID_TEST_DNS", addr)
 
 Names not in the zone get NXDOMAIN; known names without the asked type get an
-empty NOERROR answer.  Supported types: A, AAAA, MX (``(preference, host)``), TXT.
+empty NOERROR answer.  Supported types: A, AAAA, MX (``(preference, host)``;
+host ``"."`` is a null MX), TXT (a string, or a list of strings for a
+multi-string record).  The pseudo-type ``"RCODE": ["SERVFAIL"]`` (or
+``REFUSED``, ...) answers every question for that name with that error code.
+The server listens on UDP and TCP on the same port; the zone is read at each
+query, so a test may change it while the server runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ def _answer(zone: Zone, request: DNSRecord) -> DNSRecord:
     if records is None:
         reply.header.rcode = RCODE.NXDOMAIN
         return reply
+    if "RCODE" in records:
+        reply.header.rcode = getattr(RCODE, str(records["RCODE"][0]).upper())
+        return reply
     for value in records.get(qtype, ()):
         if qtype == "A":
             rdata: Any = A(value)
@@ -38,7 +46,7 @@ def _answer(zone: Zone, request: DNSRecord) -> DNSRecord:
         elif qtype == "MX":
             rdata = MX(value[1], value[0])
         elif qtype == "TXT":
-            rdata = TXT(value)
+            rdata = TXT(list(value) if isinstance(value, list | tuple) else value)
         else:
             continue
         reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=60))

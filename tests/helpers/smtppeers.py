@@ -1,0 +1,207 @@
+"""Peers for remote-delivery tests: a test DNS zone, a test CA and SMTP "hosts" on loopback.
+
+Every host is a different 127.0.0.N address listening on the same port
+(CHASQUID_TEST_SMTP_PORT), the way the courier expects port 25 everywhere.
+Servers run in the test's own event loop (tests call asyncio.run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trustme
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from chasquid.courier.smtp import SMTPCourier, Timeouts
+from chasquid.domaininfo import DomainInfoStore
+from chasquid.metrics import Counters
+from chasquid.sts import StsCache
+
+HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
+
+
+def _port_free_everywhere(port: int) -> bool:
+    socks: list[socket.socket] = []
+    try:
+        for host in HOSTS:
+            s = socket.socket()
+            socks.append(s)
+            s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def shared_port() -> int:
+    """A TCP port free on every test host address."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind((HOSTS[0], 0))
+            port = int(s.getsockname()[1])
+        if _port_free_everywhere(port):
+            return port
+    raise RuntimeError("no port free on every loopback test address")
+
+
+@dataclass
+class Received:
+    """One message a test server accepted."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+    mail_options: list[str]
+    tls: bool
+
+
+@dataclass
+class Handler:
+    """aiosmtpd handler recording messages; replies to chosen RCPTs with an error."""
+
+    rcpt_replies: dict[str, str] = field(default_factory=dict)
+    data_reply: str = "250 2.0.0 Ok: queued"
+    received: list[Received] = field(default_factory=list)
+    mails: int = 0
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.mails += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.rcpt_replies.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        self.received.append(
+            Received(
+                str(envelope.mail_from),
+                list(envelope.rcpt_tos),
+                content,
+                list(envelope.mail_options),
+                session.ssl is not None,
+            )
+        )
+        return self.data_reply
+
+
+@dataclass
+class Net:
+    """The test network: DNS zone, shared SMTP/HTTPS ports, CA, data dir."""
+
+    zone: dict[str, dict[str, list[Any]]]
+    port: int
+    https_port: int
+    ca: trustme.CA
+    tmp: Path
+    counters: Counters = field(default_factory=Counters)
+
+    def host(self, name: str, address: str) -> None:
+        """Give name an A record."""
+        self.zone.setdefault(name, {})["A"] = [address]
+
+    def mx(self, domain: str, *records: tuple[int, str]) -> None:
+        """Give domain MX records."""
+        self.zone.setdefault(domain, {})["MX"] = list(records)
+
+    def server_tls(self, *names: str, ca: trustme.CA | None = None) -> ssl.SSLContext:
+        """A server context with a certificate for names (from the test CA, or ca)."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        (ca or self.ca).issue_cert(*names).configure_cert(ctx)
+        return ctx
+
+    def domaininfo(self) -> DomainInfoStore:
+        """The test's domaininfo store (same directory every call)."""
+        return DomainInfoStore(self.tmp / "domaininfo")
+
+    def sts_cache(self, **kw: Any) -> StsCache:
+        """The test's MTA-STS cache."""
+        return StsCache(self.tmp / "sts-cache", counters=self.counters, **kw)
+
+    def courier(self, *, timeouts: Timeouts | None = None, **kw: Any) -> SMTPCourier:
+        """A courier for this network with short time limits."""
+        return SMTPCourier(
+            "client.example.org",
+            kw.pop("domaininfo") if "domaininfo" in kw else self.domaininfo(),
+            counters=self.counters,
+            timeouts=timeouts or Timeouts(dial=5, reply=5, handshake=5, session=20),
+            **kw,
+        )
+
+
+@contextlib.asynccontextmanager
+async def smtp_server(
+    address: str,
+    port: int,
+    *,
+    tls: ssl.SSLContext | None = None,
+    handler: Handler | None = None,
+    **smtp_kw: Any,
+) -> AsyncIterator[Handler]:
+    """An aiosmtpd server on address:port (STARTTLS offered when tls is given)."""
+    handler = handler or Handler()
+
+    def factory() -> SMTP:
+        return SMTP(
+            handler,
+            hostname=f"server-{address}",
+            tls_context=tls,
+            require_starttls=False,
+            **smtp_kw,
+        )
+
+    server = await asyncio.get_running_loop().create_server(factory, address, port)
+    try:
+        yield handler
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def raw_server(
+    address: str,
+    port: int,
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[None]:
+    """A hand-written peer on address:port (for hostile behaviours)."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.add(task)  # type: ignore[arg-type]
+        try:
+            await serve(reader, writer)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(wrapped, address, port)
+    try:
+        yield
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
