@@ -205,3 +205,35 @@ async def raw_server(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def https_server(
+    address: str, port: int, tls: ssl.SSLContext, response: bytes
+) -> AsyncIterator[list[bytes]]:
+    """An HTTPS server answering every request with response; yields the requests seen."""
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            requests.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(response)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, address, port, ssl=tls)
+    try:
+        yield requests
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def http_response(body: str, *, status: str = "200 OK", content_type: str = "text/plain") -> bytes:
+    """A complete HTTP/1.0 response."""
+    data = body.encode()
+    head = f"HTTP/1.0 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(data)}\r\n"
+    return head.encode() + b"\r\n" + data
