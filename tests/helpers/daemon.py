@@ -97,6 +97,16 @@ class Setup:
         return self.root / "mail.log"
 
     @property
+    def mda(self) -> Path:
+        """The MDA: by default one that fails temporarily, so accepted mail stays queued."""
+        return self.root / "mda"
+
+    def set_mda(self, script: str) -> None:
+        """Replace the MDA with a shell script (``$@`` are the MDA arguments)."""
+        self.mda.write_text("#!/bin/sh\n" + script + "\n")
+        self.mda.chmod(0o755)
+
+    @property
     def ca_file(self) -> Path:
         """PEM file of the test CA, for clients verifying the server."""
         return self.root / "ca.pem"
@@ -125,8 +135,7 @@ class Setup:
             f'submission_over_tls_address: "127.0.0.1:{self.submission_tls_port}"',
             f'data_dir: "{self.data_dir}"',
             f'mail_log_path: "{self.mail_log}"',
-            # Local deliveries are not under test here; keep them harmless.
-            'mail_delivery_agent_bin: "true"',
+            f'mail_delivery_agent_bin: "{self.mda}"',
             *self.extra_conf,
         ]
         (self.config_dir / "chasquid.conf").write_text("\n".join(lines) + "\n")
@@ -154,6 +163,9 @@ def make_setup(tmp_path: Path) -> Setup:
     leaf.private_key_pem.write_to_path(str(cert_dir / "privkey.pem"))
     ca.cert_pem.write_to_path(str(setup.ca_file))
     setup.add_user(USER, PASSWORD)
+    # Deliveries are not under test in most daemon tests: keep every accepted
+    # message in the queue (exit 75 is a temporary failure) so tests can see it.
+    setup.set_mda("cat >/dev/null; exit 75")
     setup.write_conf()
     return setup
 
