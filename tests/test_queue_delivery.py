@@ -432,3 +432,57 @@ def _no_inherited_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The MDA scripts must not depend on the caller's locale or shell settings.
     monkeypatch.setenv("LC_ALL", "C")
     assert os.environ["LC_ALL"] == "C"
+
+
+class LMTPRecorder:
+    """aiosmtpd LMTP handler: one reply per recipient; records each transaction."""
+
+    def __init__(self) -> None:
+        self.transactions: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.transactions.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        replies = [
+            "550 5.2.1 mailbox disabled" if r.startswith("bad") else "250 2.0.0 delivered"
+            for r in envelope.rcpt_tos
+        ]
+        return "\r\n".join(replies)
+
+
+@sync
+async def test_local_recipients_of_an_item_share_one_lmtp_transaction(tmp_path: Path) -> None:
+    from aiosmtpd.lmtp import LMTP
+
+    from chasquid.courier.lmtp import LMTPCourier
+
+    handler = LMTPRecorder()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: LMTP(handler), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lmtp = LMTPCourier(f"127.0.0.1:{port}", "chasquid.test", timeout=10)
+    env = make_env(tmp_path, DELIVER)
+    env.delivery.couriers = Couriers(
+        local=env.delivery.couriers.local,
+        pipe=env.delivery.couriers.pipe,
+        remote=env.remote,
+        lmtp=lmtp,
+    )
+    try:
+        await env.queue.load()
+        item_id = await env.queue.put(
+            "<>", ["one@local.test", "bad@local.test", "two@local.test"], MESSAGE
+        )
+        await wait_empty(env)
+    finally:
+        await lmtp.close()
+        server.close()
+        await server.wait_closed()
+    [(sender, rcpts, content)] = handler.transactions
+    assert sender == "<>" or sender == ""
+    assert rcpts == ["one@local.test", "bad@local.test", "two@local.test"]
+    assert content == MESSAGE.replace(b"\n", b"\r\n")
+    assert env.delivered() == []  # the MDA was not used
+    log = env.log()
+    assert f"{item_id} from=<> to=one@local.test sent" in log
+    assert f"{item_id} from=<> to=bad@local.test failed (permanent): " in log
+    assert env.queue.counters.get(DELIVER_ATTEMPTS, "email:local") == 3

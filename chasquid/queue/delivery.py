@@ -30,7 +30,7 @@ from chasquid.courier.base import Courier, DeliveryError
 from chasquid.errors import ChasquidError
 from chasquid.maillog import MailLog
 from chasquid.metrics import Counters
-from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
+from chasquid.normalize import split_addr
 from chasquid.queue.dsn import build_dsn, reporting_domain
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
 from chasquid.queue.queue import Queue, QueueError
@@ -139,10 +139,9 @@ def parse_retry_schedule(text: str) -> tuple[float, ...]:
 
 def rewrite_sender(sender: str, original_address: str) -> str:
     """Send-only SRS (spec/20 §4.9, decision 14): ``U+fwd_from=F@D``, D in ASCII form."""
-    user, domain = split_addr(original_address)
-    with contextlib.suppress(NormalizationError):
-        domain = domain_to_ascii(domain)
-    return f"{user}+fwd_from={sender.replace('@', '=')}@{domain}"
+    from chasquid.courier.srs import forward_sender
+
+    return forward_sender(sender, original_address)
 
 
 def attempt_kind(rcpt: QueuedRecipient, is_local: Callable[[str], bool]) -> str:
