@@ -8,6 +8,7 @@ Postfix deliver to our daemon.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import smtplib
@@ -308,3 +309,40 @@ def test_postfix_delivers_to_daemon_over_verified_starttls(
     # Postfix verified our certificate with the CA it was given, and saw our 250.
     log = pf.wait_for_log(rf"to=<{setup.user_addr}>.*status=sent")
     assert f"Trusted TLS connection established to 127.0.0.1[127.0.0.1]:{setup.smtp_port}" in log
+
+
+def test_smtp_courier_delivers_to_postfix_over_verified_starttls(
+    postfix_factory: Callable[..., Postfix],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The remote courier on its own (no daemon): MX via test DNS, STARTTLS, verified cert."""
+    from chasquid.courier.smtp import SMTPCourier
+    from chasquid.domaininfo import DomainInfoStore, SecLevel
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    pf = postfix_factory(ca=ca)
+    rcpts = [pf.address("alice"), pf.address("bob")]
+    with dns_server(postfix_zone(pf)) as dns:
+        monkeypatch.setenv("CHASQUID_TEST_DNS", dns)
+        monkeypatch.setenv("CHASQUID_TEST_SMTP_PORT", str(pf.port))
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        domaininfo = DomainInfoStore(tmp_path / "domaininfo")
+        courier = SMTPCourier("sender.interop.test", domaininfo)
+        data = message("someone@sender.interop.test", rcpts[0], "from the courier")
+        results = asyncio.run(courier.deliver_many("someone@sender.interop.test", rcpts, data))
+    assert results == dict.fromkeys(rcpts, None)
+    # Both recipients in one transaction (decision 10), each in its own Maildir.
+    for user in ("alice", "bob"):
+        (msg,) = pf.wait_for_messages(user)
+        assert msg["Subject"] == "from the courier"
+        top = received_headers(msg)[0]
+        assert top.startswith("from sender.interop.test (")
+        assert "using TLSv1." in top
+    assert pf.log_text().count("client=unknown[127.0.0.1]") == 1
+    # A verified certificate: the domain is now pinned to secure TLS for later deliveries.
+    info = domaininfo.get(pf.domain)
+    assert info is not None
+    assert info.outgoing == SecLevel.TLS_SECURE
