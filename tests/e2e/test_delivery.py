@@ -156,7 +156,7 @@ def test_queue_list_show_flush_remove(
     wait_until(lambda: len(mailbox(s, "a")) == 1, what="the flushed item")
 
     r = util(s, "queue", "remove", b["id"], "--no-dsn")
-    assert (r.returncode, r.stdout) == (0, f"Removed {b['id']}\n")
+    assert (r.returncode, r.stdout) == (0, f"Removed {b['id']}\n"), r.stderr
     wait_until(lambda: not queue_files(s), what="the queue to empty")
     assert json.loads(util(s, "queue", "list", "--json").stdout) == []
     assert mailbox(s, "b") == [] and mailbox(s, "user") == []
