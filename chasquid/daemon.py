@@ -339,13 +339,21 @@ class Daemon:
         return queue
 
     def _start_delivery(self, queue: Queue) -> Delivery:
-        """Delivery loops for every item (queue/delivery.py); remote mail waits for a courier."""
+        """Delivery loops for every item (queue/delivery.py), remote mail over SMTP."""
+        from chasquid.courier.smtp import SMTPCourier
         from chasquid.queue.delivery import DEFAULT_RETRY_SCHEDULE, couriers_for, start_delivery
+        from chasquid.sts import StsCache
 
         assert self.config is not None and self.maillog is not None
+        assert self.data_dir is not None and self.domaininfo is not None
+        sts = StsCache(self.data_dir.sts_cache, counters=queue.counters)
+        self._spawn(sts.refresh_loop())
+        remote = SMTPCourier(
+            self.config.hostname, self.domaininfo, sts=sts, counters=queue.counters
+        )
         return start_delivery(
             queue,
-            couriers_for(self.config, Path.cwd()),
+            couriers_for(self.config, Path.cwd(), remote=remote),
             self.maillog,
             lambda: self.current_domains().is_local,
             retry_schedule=self.options.retry_schedule or DEFAULT_RETRY_SCHEDULE,
