@@ -13,6 +13,8 @@ import os
 import signal
 import socket
 import stat
+import sys
+import warnings
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +69,26 @@ class DaemonOptions:
     retry_schedule: tuple[float, ...] = ()
 
 
+def _use_pidfd_child_watcher() -> None:
+    """Wait for MDA, pipe and hook processes with pidfds, as Python 3.12+ does by default.
+
+    Python 3.11's default watcher starts a thread per child process; with one MDA
+    process per local recipient that cost about a third of the CPU of each spawn.
+    """
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # kernels before 5.3, or seccomp filters
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
 def run(options: DaemonOptions, mainlog: MainLog) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit status (0, or 1 when fatal)."""
+    _use_pidfd_child_watcher()
     try:
         return asyncio.run(Daemon(options, mainlog).main())
     except FatalError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class SMTPSession(SMTP):
         self.rcpts: list[str] = []
         self.spf: spfcheck.SPFResult | None = None
         self.errors = 0
+        self._pending: list[bytes] = []
         self.tcp_peer = ""
         self.client: Any = ""
         self.client_ip = ""
@@ -97,6 +99,12 @@ class SMTPSession(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Record when the connection started and who the peer is."""
         self.started = time.monotonic()
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # asyncio only sets TCP_NODELAY when the listening socket was made with
+            # proto=IPPROTO_TCP; sockets bound with proto 0 (ours, systemd's) would
+            # let Nagle hold back pipelined replies for a delayed ACK (~40 ms each).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if peer:
             self.tcp_peer = format_client(peer)
@@ -117,14 +125,32 @@ class SMTPSession(SMTP):
             who = f"{client} (via {self.tcp_peer})"
         log.warning("SMTP.Conn %s: error: %s", who, go_quote(text)[1:-1])
 
-    async def _send(self, code: int, text: str) -> None:
+    async def _send(self, code: int, text: str, *, may_defer: bool = False) -> None:
         lines = text.split("\n")
         out = [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
         self.ctx.counters.inc(_P + "responseCodeCount", str(code))
-        await self.push("\r\n".join(out))
+        await self._write("\r\n".join(out), may_defer=may_defer)
+
+    async def _write(self, reply: str, *, may_defer: bool = False) -> None:
+        """Send one reply; with may_defer, hold it while the client's next command is here.
+
+        A pipelining client sends MAIL, RCPT and DATA at once: their replies then go
+        out in one segment instead of one system call (and one TCP segment) each.
+        Replies that the client must see before it goes on (greeting, 354, 334,
+        STARTTLS) are never deferred.
+        """
+        self._pending.append(reply.encode("utf-8") + b"\r\n")
+        if may_defer and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            return
+        self._writer.write(b"".join(self._pending))
+        self._pending.clear()
+        await self._writer.drain()
 
     def _close(self) -> None:
         if self.transport is not None:
+            if self._pending:
+                self.transport.write(b"".join(self._pending))  # type: ignore[attr-defined]
+                self._pending.clear()
             self.transport.close()
 
     @property
@@ -194,7 +220,7 @@ class SMTPSession(SMTP):
                 return
             self.client = (header.src_ip, header.src_port)
             self.client_ip = header.src_ip
-        await self.push(f"220 {self.hostname_now} ESMTP {self.ctx.software}")
+        await self._write(f"220 {self.hostname_now} ESMTP {self.ctx.software}")
 
         while self.transport is not None:
             if time.monotonic() - self.started > LIFETIME:
@@ -204,7 +230,7 @@ class SMTPSession(SMTP):
             try:
                 line = await self._read_line()
             except _LineTooLong:
-                await self.push("554 error reading command: line too long")
+                await self._write("554 error reading command: line too long")
                 return
             except asyncio.IncompleteReadError:
                 return
@@ -214,10 +240,10 @@ class SMTPSession(SMTP):
             if verb in HTTP_VERBS:
                 self.ctx.counters.inc(_P + "wrongProtoCount", verb)
                 self._log_error("http command, closing connection")
-                await self._send(502, "5.7.0 You hit me with a what now?")
+                await self._send(502, "5.7.0 This is an SMTP server, not a web server")
                 return
             if verb == "QUIT":
-                await self._send(221, "2.0.0 Be seeing you...")
+                await self._send(221, "2.0.0 Goodbye")
                 return
             method = self._smtp_methods.get(verb) if verb.isalpha() else None
             if method is None:
@@ -242,7 +268,7 @@ class SMTPSession(SMTP):
                 self._log_error("too many errors, breaking connection")
                 await self._send(421, "4.5.0 Too many errors, bye")
                 return False
-        await self._send(reply.code, reply.text)
+        await self._send(reply.code, reply.text, may_defer=True)
         return True
 
     # ---- simple commands --------------------------------------------------------
@@ -261,7 +287,7 @@ class SMTPSession(SMTP):
         self.helo_domain = params.split()[0]
         self.esmtp = True
         lines = [
-            f"{self.hostname_now} - Your hour of destiny has come.",
+            f"{self.hostname_now} at your service",
             "8BITMIME",
             "PIPELINING",
             "SMTPUTF8",
@@ -274,32 +300,32 @@ class SMTPSession(SMTP):
 
     async def smtp_HELP(self, params: str) -> Reply:
         """HELP (§6.11)."""
-        return Reply(214, "2.0.0 Hoy por ti, mañana por mi")
+        return Reply(214, "2.0.0 See RFC 5321 for the commands this server speaks")
 
     async def smtp_NOOP(self, params: str) -> Reply:
         """NOOP (§6.10)."""
-        return Reply(250, "2.0.0 Nothing to do here")
+        return Reply(250, "2.0.0 OK")
 
     async def smtp_RSET(self, params: str) -> Reply:
         """RSET (§6.9)."""
         self._reset_envelope()
-        return Reply(250, "2.0.0 Reset, ready when you are")
+        return Reply(250, "2.0.0 Transaction reset")
 
     async def smtp_VRFY(self, params: str) -> Reply:
         """VRFY is deliberately not implemented (§6.12)."""
-        return Reply(502, "5.5.1 We do not verify addresses, sorry")
+        return Reply(502, "5.5.1 VRFY is not supported")
 
     async def smtp_EXPN(self, params: str) -> Reply:
         """EXPN is deliberately not implemented (§6.12)."""
-        return Reply(502, "5.5.1 We do not expand addresses, sorry")
+        return Reply(502, "5.5.1 EXPN is not supported")
 
     # ---- STARTTLS -----------------------------------------------------------------
 
     async def smtp_STARTTLS(self, params: str) -> Reply | object | None:
         """STARTTLS (§6.3): pipelined plaintext is discarded before the handshake."""
         if self.tls is not None:
-            return Reply(503, "5.5.1 You are already wearing that!")
-        await self._send(220, "2.0.0 You experience a strange sense of peace")
+            return Reply(503, "5.5.1 Already done")
+        await self._send(220, "2.0.0 Ready to start TLS")
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         ctx = self.ctx.certs.server_context()
         try:
@@ -325,9 +351,9 @@ class SMTPSession(SMTP):
     async def smtp_AUTH(self, params: str) -> Reply:
         """AUTH PLAIN / LOGIN, only under TLS (§6.4, decision 1)."""
         if self.tls is None:
-            return Reply(503, "5.7.10 You feel vulnerable (AUTH requires TLS)")
+            return Reply(503, "5.7.10 AUTH requires TLS: use STARTTLS first")
         if self.authenticated:
-            return Reply(503, "5.5.1 You are already wearing that!")
+            return Reply(503, "5.5.1 Already done")
         mech, sp, initial = params.partition(" ")
         mech = mech.upper()
         if mech not in auth.MECHANISMS:
@@ -377,7 +403,7 @@ class SMTPSession(SMTP):
         self._reset_envelope()
         if token == "<>":
             self.mail_from = ""
-            return Reply(250, "2.1.5 You feel like you are being watched")
+            return Reply(250, "2.1.5 Sender OK")
         try:
             addr = parse_address(token)
         except AddressError as e:
@@ -410,7 +436,7 @@ class SMTPSession(SMTP):
             return Reply(501, "5.1.8 Malformed sender domain (IDNA conversion failed)")
         self.mail_from = f"{local}@{domain}"
         self.spf = spf_result
-        return Reply(250, "2.1.5 You feel like you are being watched")
+        return Reply(250, "2.1.5 Sender OK")
 
     async def smtp_RCPT(self, params: str) -> Reply:
         """RCPT TO (§6.7), checks in the specified order."""
@@ -442,7 +468,7 @@ class SMTPSession(SMTP):
                 self.ctx.maillog.rejected(self.client, sender, [converted], "relay not allowed")
                 return Reply(503, "5.7.1 Relay not allowed")
             self.rcpts.append(converted)
-            return Reply(250, "2.1.5 You have an eerie feeling...")
+            return Reply(250, "2.1.5 Recipient OK")
         try:
             stored = f"{normalize_user(local)}@{domain}"
         except NormalizationError as e:
@@ -459,19 +485,19 @@ class SMTPSession(SMTP):
             self.ctx.maillog.rejected(self.client, sender, [stored], "local user does not exist")
             return Reply(550, "5.1.1 Destination address is unknown (user does not exist)")
         self.rcpts.append(stored)
-        return Reply(250, "2.1.5 You have an eerie feeling...")
+        return Reply(250, "2.1.5 Recipient OK")
 
     # ---- DATA -----------------------------------------------------------------------------
 
     async def smtp_DATA(self, params: str) -> Reply | object:
         """DATA (§6.8, §7): read, check, add headers, run the hook, queue."""
         if not self.helo_domain:
-            return Reply(503, "5.5.1 Invisible customers are not welcome!")
+            return Reply(503, "5.5.1 Say HELO or EHLO first")
         if self.mail_from is None:
             return Reply(503, "5.5.1 Sender not yet given")
         if not self.rcpts:
             return Reply(503, "5.5.1 Need an address to send to")
-        await self._send(354, "You suddenly realize it is unnecessarily late")
+        await self._send(354, "Start mail input; end with <CRLF>.<CRLF>")
         self.ctx.counters.inc(_P + "tlsCount", "tls" if self.tls else "plain")
         remaining = LIFETIME - (time.monotonic() - self.started)
         self._reset_timeout(max(remaining, 1.0))
@@ -550,7 +576,7 @@ class SMTPSession(SMTP):
             return Reply(451, f"4.3.0 Failed to queue message: {e}")
         self.ctx.maillog.queued(self.client, sender or "<>", self.rcpts, item_id)
         self._reset_envelope()
-        return Reply(250, f"2.0.0 You have been warned (queued as {item_id})")
+        return Reply(250, f"2.0.0 Queued as {item_id}")
 
     async def _run_hook(self, message: bytes) -> posthook.HookOutcome:
         path = self.ctx.config_dir.hooks / "post-data"

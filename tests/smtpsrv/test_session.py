@@ -142,7 +142,7 @@ def deliver(c: RawClient, sender: str, rcpt: str, body: bytes) -> str:
 def test_queue_file_exists_when_250_arrives(srv: Running, conn: RawClient) -> None:
     reply = deliver(conn, "", "user@example.com", b"Subject: hi\r\n\r\nbody\r\n.\r\n")
     assert reply.startswith("250 2.0.0")
-    item_id = reply.rsplit("queued as ", 1)[1].rstrip(")")
+    item_id = reply.rsplit("Queued as ", 1)[1]
     files = [p.name for p in srv.queue_dir.iterdir()]
     assert any(item_id in f for f in files), files
     assert f"{item_id} from=<> queued ip=127.0.0.1:" in srv.maillog_text()
@@ -354,7 +354,7 @@ def test_spf_fail_and_pass(make_server: MakeServer, monkeypatch: pytest.MonkeyPa
         assert c.cmd("MAIL FROM:<a@bad.example>") == "550 5.7.23 SPF check failed: matched all"
         reply = deliver(c, "a@good.example", "user@example.com", b"Subject: s\r\n\r\nb\r\n.\r\n")
         assert reply.startswith("250")
-        item = srv.ctx.queue.get(reply.rsplit("queued as ", 1)[1].rstrip(")"))
+        item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
         assert item is not None
         assert item.data.startswith(
             f"Authentication-Results: {HOSTNAME}\n\t;spf=pass (matched ip)\n"
@@ -385,7 +385,7 @@ def test_post_data_hook(make_server: MakeServer) -> None:
     c.reply()
     reply = deliver(c, "", "user@example.com", b"Subject: s\r\n\r\nb\r\n.\r\n")
     assert reply.startswith("250")
-    item = srv.ctx.queue.get(reply.rsplit("queued as ", 1)[1].rstrip(")"))
+    item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
     assert item is not None and item.data.startswith(b"X-Hook: yes\nReceived: ")
     env = dict(
         line.split("=", 1)
