@@ -27,6 +27,7 @@ import pytest
 import trustme
 
 from chasquid.userdb import UserDB
+from helpers.dns import failing_dns
 
 DOMAIN = "testserver"
 USER = "user"
@@ -241,6 +242,9 @@ def start(
     """Start chasquid on the setup; with ``wait``, until ``listeners`` "Server listening" lines."""
     main_log = setup.root / f"main.{time.monotonic_ns()}.log"
     full_env = dict(os.environ)
+    # Tests never reach the real DNS: unless a test brings its own server, every look-up
+    # fails at once as a temporary error.
+    full_env.setdefault("CHASQUID_TEST_DNS", failing_dns())
     full_env.update(env or {})
     cmd = [
         *(command or chasquid_command()),

@@ -16,6 +16,7 @@ query, so a test may change it while the server runs.
 
 from __future__ import annotations
 
+import functools
 import socketserver
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,13 +28,13 @@ from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
 Zone = Mapping[str, Mapping[str, Sequence[Any]]]
 
 
-def _answer(zone: Zone, request: DNSRecord) -> DNSRecord:
+def _answer(zone: Zone, request: DNSRecord, default_rcode: str = "NXDOMAIN") -> DNSRecord:
     reply = request.reply()
     qname = str(request.q.qname).rstrip(".").lower()
     qtype = QTYPE[request.q.qtype]
     records = {k.rstrip(".").lower(): v for k, v in zone.items()}.get(qname)
     if records is None:
-        reply.header.rcode = RCODE.NXDOMAIN
+        reply.header.rcode = getattr(RCODE, default_rcode)
         return reply
     if "RCODE" in records:
         reply.header.rcode = getattr(RCODE, str(records["RCODE"][0]).upper())
@@ -54,8 +55,11 @@ def _answer(zone: Zone, request: DNSRecord) -> DNSRecord:
 
 
 @contextmanager
-def dns_server(zone: Zone) -> Iterator[str]:
-    """Serve ``zone`` while the context is open; yields ``host:port``."""
+def dns_server(zone: Zone, default_rcode: str = "NXDOMAIN") -> Iterator[str]:
+    """Serve ``zone`` while the context is open; yields ``host:port``.
+
+    Names missing from the zone get ``default_rcode``.
+    """
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -64,7 +68,7 @@ def dns_server(zone: Zone) -> Iterator[str]:
                 request = DNSRecord.parse(data)
             except Exception:
                 return
-            sock.sendto(_answer(zone, request).pack(), self.client_address)
+            sock.sendto(_answer(zone, request, default_rcode).pack(), self.client_address)
 
     server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
@@ -76,3 +80,14 @@ def dns_server(zone: Zone) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@functools.cache
+def failing_dns() -> str:
+    """A server for the whole test process that answers SERVFAIL to every question.
+
+    Daemons started by tests use it unless a test brings its own zone, so nothing
+    reaches the real DNS and every look-up fails at once as a temporary error.
+    """
+    context = dns_server({}, default_rcode="SERVFAIL")
+    return context.__enter__()
