@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from chasquid.errors import ChasquidError
 from chasquid_util import daemonless, daemonrpc, queue_commands, render, users
 from chasquid_util.argv import normalize_argv
-from chasquid_util.completers import (
-    DEFAULT_CONFIG_DIR,
-    complete_domains,
-    complete_new_user,
-    complete_users,
-)
+from chasquid_util.completers import complete_domains, complete_new_user, complete_users
 from chasquid_util.errors import UtilError
 from chasquid_util.initdir import InitSettings, init_config_dir
+from chasquid_util.options import config_dir_options, current_config_dir, reports_errors
 from chasquid_util.password import ask_password_twice
 from chasquid_util.shellcomplete import run_completion
 
 PROG_NAME = "chasquid-util"
 COMPLETE_VAR = "_CHASQUID_UTIL_COMPLETE"
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UsageError(click.UsageError):
@@ -66,63 +58,6 @@ class UtilGroup(click.Group):
         if self.get_command(ctx, name) is None and not ctx.resilient_parsing:
             raise click.UsageError(f'Unknown argument "{name}"', ctx)
         return super().resolve_command(ctx, args)
-
-
-def _warn_configdir(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None and not ctx.resilient_parsing:
-        click.echo("Option --configdir is deprecated, use --config_dir instead", err=True)
-    return value
-
-
-def config_dir_options(f: F) -> F:
-    """-C/--config_dir/--config-dir and the deprecated --configdir, on the group and each command.
-
-    Accepting them after the subcommand keeps chasquid's "options anywhere" rule.
-    """
-    f = click.option(
-        "--configdir",
-        "deprecated_config_dir",
-        metavar="DIR",
-        hidden=True,
-        callback=_warn_configdir,
-        expose_value=True,
-    )(f)
-    f = click.option(
-        "-C",
-        "--config_dir",
-        "--config-dir",
-        "config_dir",
-        metavar="DIR",
-        default=None,
-        help=f"Configuration directory (default {DEFAULT_CONFIG_DIR}).",
-    )(f)
-    return f
-
-
-def resolve_config_dir(ctx: click.Context) -> Path:
-    """The effective config dir: the command's options over the group's; --configdir first."""
-    c: click.Context | None = ctx
-    while c is not None:
-        for key in ("deprecated_config_dir", "config_dir"):
-            value = c.params.get(key)
-            if value is not None:
-                return Path(value)
-        c = c.parent
-    return Path(DEFAULT_CONFIG_DIR)
-
-
-def reports_errors(f: F) -> F:
-    """Turn library errors into one sentence on stderr and exit status 1."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except ChasquidError as e:
-            click.secho(str(e), fg="red", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _ok(message: str) -> None:
@@ -171,7 +106,7 @@ PASSWORD_HELP = "The password; asked twice on the terminal (without echo) when a
 @reports_errors
 def user_add(address: str, password: str | None, receive_only: bool, **_: Any) -> None:
     """Add a user, or replace its password."""
-    target = users.resolve_user(resolve_config_dir(click.get_current_context()), address)
+    target = users.resolve_user(current_config_dir(), address)
     if receive_only and password is not None:
         raise UtilError("Cannot specify both --receive_only and --password")
     secret = None if receive_only else _get_password(password)
@@ -186,7 +121,7 @@ def user_add(address: str, password: str | None, receive_only: bool, **_: Any) -
 @reports_errors
 def user_remove(address: str, **_: Any) -> None:
     """Remove a user."""
-    users.remove_user(users.resolve_user(resolve_config_dir(click.get_current_context()), address))
+    users.remove_user(users.resolve_user(current_config_dir(), address))
     _ok("Removed user")
 
 
@@ -197,7 +132,7 @@ def user_remove(address: str, **_: Any) -> None:
 @reports_errors
 def authenticate(address: str, password: str | None, **_: Any) -> None:
     """Check a user's password against the users file."""
-    target = users.resolve_user(resolve_config_dir(click.get_current_context()), address)
+    target = users.resolve_user(current_config_dir(), address)
     if users.authenticate(target, _get_password(password)):
         _ok("Authentication succeeded")
     else:
@@ -210,7 +145,7 @@ def authenticate(address: str, password: str | None, **_: Any) -> None:
 @reports_errors
 def check_userdb(domain: str, **_: Any) -> None:
     """Check that a domain's users file loads."""
-    n = users.check_userdb(resolve_config_dir(click.get_current_context()), domain)
+    n = users.check_userdb(current_config_dir(), domain)
     _ok(f"Database loaded ({n} users)")
 
 
@@ -221,7 +156,7 @@ def check_userdb(domain: str, **_: Any) -> None:
 @reports_errors
 def user_list(domain: str | None, as_json: bool, **_: Any) -> None:
     """List the users of one domain, or of every domain."""
-    entries = users.list_users(resolve_config_dir(click.get_current_context()), domain)
+    entries = users.list_users(current_config_dir(), domain)
     out = sys.stdout
     if render.use_rich(out, as_json):
         render.users_table(entries, out)
@@ -238,7 +173,7 @@ def user_list(domain: str | None, as_json: bool, **_: Any) -> None:
 @reports_errors
 def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
     """Show what an address resolves to (asks the daemon; the files if it is not running)."""
-    resolved = daemonrpc.aliases_resolve(resolve_config_dir(click.get_current_context()), address)
+    resolved = daemonrpc.aliases_resolve(current_config_dir(), address)
     out = sys.stdout
     if render.use_rich(out, as_json):
         render.resolution_table(resolved, out)
@@ -254,7 +189,7 @@ def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
 @reports_errors
 def domaininfo_remove(domain: str, **_: Any) -> None:
     """Forget the security level seen for a domain (through the daemon when it runs)."""
-    daemonrpc.domaininfo_remove(resolve_config_dir(click.get_current_context()), domain)
+    daemonrpc.domaininfo_remove(current_config_dir(), domain)
 
 
 @cli.command("print-config")
@@ -262,7 +197,7 @@ def domaininfo_remove(domain: str, **_: Any) -> None:
 @reports_errors
 def print_config(**_: Any) -> None:
     """Print the effective configuration (file plus defaults)."""
-    click.echo(daemonless.print_config(resolve_config_dir(click.get_current_context())))
+    click.echo(daemonless.print_config(current_config_dir()))
 
 
 @cli.command("import-users")
@@ -276,7 +211,7 @@ def import_users(domain: str, file: Path | None, **_: Any) -> None:
     Without FILE the domain's users file is converted in place; with FILE its
     users are added to the domain's database.
     """
-    n = users.import_users(resolve_config_dir(click.get_current_context()), domain, file)
+    n = users.import_users(current_config_dir(), domain, file)
     _ok(f"Imported {n} users")
 
 

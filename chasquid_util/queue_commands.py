@@ -6,13 +6,12 @@ the daemon owns them while it runs.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import Any, TextIO
 
 import click
 from rich.console import Console
@@ -24,47 +23,20 @@ from chasquid.localrpc import DaemonNotRunningError
 from chasquid.queue import admin
 from chasquid.queue.admin import ItemView
 from chasquid_util.daemonrpc import socket_path
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _config_dir_option(f: F) -> F:
-    return click.option(
-        "-C",
-        "--config_dir",
-        "--config-dir",
-        "config_dir",
-        metavar="DIR",
-        default=None,
-        help="Configuration directory (default /etc/chasquid).",
-    )(f)
+from chasquid_util.options import config_dir_options, current_config_dir, reporting_errors
 
 
 def _socket() -> Path:
-    from chasquid_util.cli import resolve_config_dir
-
-    return socket_path(resolve_config_dir(click.get_current_context()))
+    return socket_path(current_config_dir())
 
 
-def _reports_errors(f: F) -> F:
-    """Errors as one sentence on stderr and exit 1; a stopped daemon is named as such."""
+def _describe(e: ChasquidError) -> str:
+    if isinstance(e, DaemonNotRunningError):
+        return f"Error: chasquid is not running ({e}); the queue commands need the daemon"
+    return f"Error: {e}"
 
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except DaemonNotRunningError as e:
-            click.secho(
-                f"Error: chasquid is not running ({e}); the queue commands need the daemon",
-                fg="red",
-                err=True,
-            )
-            sys.exit(1)
-        except ChasquidError as e:
-            click.secho(f"Error: {e}", fg="red", err=True)
-            sys.exit(1)
 
-    return wrapper  # type: ignore[return-value]
+_reports_errors = reporting_errors(_describe)
 
 
 def _age(view: ItemView, now: datetime) -> str:
@@ -155,14 +127,14 @@ def render_show(v: ItemView, now: datetime) -> str:
 
 
 @click.group("queue")
-@_config_dir_option
-def queue(config_dir: str | None) -> None:
+@config_dir_options
+def queue(**_: Any) -> None:
     """Look at and act on the running daemon's queue."""
 
 
 @queue.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_config_dir_option
+@config_dir_options
 @_reports_errors
 def queue_list(as_json: bool, **_: Any) -> None:
     """List the queued items: id, age, sender, recipients with status and last error."""
@@ -179,7 +151,7 @@ def queue_list(as_json: bool, **_: Any) -> None:
 @queue.command("show")
 @click.argument("item_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_config_dir_option
+@config_dir_options
 @_reports_errors
 def queue_show(item_id: str, as_json: bool, **_: Any) -> None:
     """Show one item: envelope, recipients and the message's headers."""
@@ -195,7 +167,7 @@ def queue_show(item_id: str, as_json: bool, **_: Any) -> None:
 
 @queue.command("flush")
 @click.argument("item_id", metavar="[ID]", required=False)
-@_config_dir_option
+@config_dir_options
 @_reports_errors
 def queue_flush(item_id: str | None, **_: Any) -> None:
     """Attempt delivery now: of one item, or of every item."""
@@ -212,7 +184,7 @@ def queue_flush(item_id: str | None, **_: Any) -> None:
     is_flag=True,
     help="Do not tell the sender (by default a DSN reports the undelivered recipients).",
 )
-@_config_dir_option
+@config_dir_options
 @_reports_errors
 def queue_remove(item_id: str, no_dsn: bool, **_: Any) -> None:
     """Remove an item from the queue; its pending recipients are not delivered."""

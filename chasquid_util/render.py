@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Iterable, Sequence
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -18,13 +18,20 @@ def use_rich(stream: TextIO, as_json: bool) -> bool:
     return not as_json and stream.isatty()
 
 
+def _json(objects: Iterable[dict[str, Any]]) -> str:
+    return json.dumps(list(objects), ensure_ascii=False, indent=2)
+
+
+def _print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], stream: TextIO) -> None:
+    table = Table(*headers)
+    for row in rows:
+        table.add_row(*row)
+    Console(file=stream).print(table)
+
+
 def resolution_json(recipients: Sequence[Resolved]) -> str:
     """aliases-resolve --json: a list of {type, address, via} objects."""
-    return json.dumps(
-        [{"type": r.kind, "address": r.address, "via": list(r.via)} for r in recipients],
-        ensure_ascii=False,
-        indent=2,
-    )
+    return _json({"type": r.kind, "address": r.address, "via": list(r.via)} for r in recipients)
 
 
 def resolution_plain(recipients: Sequence[Resolved]) -> str:
@@ -34,26 +41,15 @@ def resolution_plain(recipients: Sequence[Resolved]) -> str:
 
 def resolution_table(recipients: Sequence[Resolved], stream: TextIO) -> None:
     """aliases-resolve on a terminal."""
-    table = Table("type", "address", "via")
-    for r in recipients:
-        table.add_row(r.label, r.address, ", ".join(r.via))
-    Console(file=stream).print(table)
+    rows = ((r.label, r.address, ", ".join(r.via)) for r in recipients)
+    _print_table(("type", "address", "via"), rows, stream)
 
 
 def users_json(entries: Sequence[UserEntry]) -> str:
-    """user-list --json: a list of {address, user, domain} objects."""
-    return json.dumps(
-        [
-            {
-                "address": e.address,
-                "user": e.user,
-                "domain": e.domain,
-                "receive_only": e.receive_only,
-            }
-            for e in entries
-        ],
-        ensure_ascii=False,
-        indent=2,
+    """user-list --json: a list of {address, user, domain, receive_only} objects."""
+    return _json(
+        {"address": e.address, "user": e.user, "domain": e.domain, "receive_only": e.receive_only}
+        for e in entries
     )
 
 
@@ -64,7 +60,5 @@ def users_plain(entries: Sequence[UserEntry]) -> str:
 
 def users_table(entries: Sequence[UserEntry], stream: TextIO) -> None:
     """user-list on a terminal."""
-    table = Table("user", "domain", "receive only")
-    for e in entries:
-        table.add_row(e.user, e.domain, "yes" if e.receive_only else "")
-    Console(file=stream).print(table)
+    rows = ((e.user, e.domain, "yes" if e.receive_only else "") for e in entries)
+    _print_table(("user", "domain", "receive only"), rows, stream)
