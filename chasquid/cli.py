@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
 
@@ -15,6 +16,8 @@ BOOL_FLAGS = ("version", "logtime", "alsologtostderr")
 
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+F = TypeVar("F", bound=Callable[..., Any])
+
 _ASSIGNMENT = re.compile(r"^(--?)([A-Za-z0-9_-]+)=(.*)$", re.DOTALL)
 
 
@@ -74,6 +77,16 @@ def _bool_names(name: str) -> list[str]:
     return [f"-{name}/-no{name}", f"--{name}/--no-{name}", name]
 
 
+def _text_flag(name: str, metavar: str, help: str, default: str = "") -> Callable[[F], F]:
+    """A flag taking a string, in every spelling of `_names`."""
+    return click.option(*_names(name), default=default, metavar=metavar, help=help)
+
+
+def _bool_flag(name: str, help: str) -> Callable[[F], F]:
+    """A Go boolean flag: ``-name``/``-noname`` and the ``--`` forms."""
+    return click.option(*_bool_names(name), default=False, help=help)
+
+
 @click.command(
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
     help="chasquid, an SMTP server for small mail servers.",
@@ -85,18 +98,13 @@ def _bool_names(name: str) -> list[str]:
     metavar="DIR",
     help="Configuration directory.",
 )
-@click.option(
-    *_names("config_overrides"),
-    default="",
-    metavar="TEXT",
-    help="Configuration text overlaid on chasquid.conf (same syntax; newlines or a YAML flow "
+@_text_flag(
+    "config_overrides",
+    "TEXT",
+    "Configuration text overlaid on chasquid.conf (same syntax; newlines or a YAML flow "
     'mapping such as {hostname: "a", max_data_size_mb: 10} give several keys).',
 )
-@click.option(
-    *_bool_names("version"),
-    default=False,
-    help="Print the version and exit, before reading any configuration.",
-)
+@_bool_flag("version", "Print the version and exit, before reading any configuration.")
 @click.option(
     "-v",
     "--v",
@@ -107,28 +115,18 @@ def _bool_names(name: str) -> list[str]:
     metavar="LEVEL",
     help="Log verbosity: -2 fatal, -1 error, 0 info, 1 debug (and trace events).",
 )
-@click.option(
-    *_names("logfile"),
-    default="",
-    metavar="PATH",
-    help="Write the main log to this file (appended, with timestamps; reopened on SIGHUP).",
+@_text_flag(
+    "logfile",
+    "PATH",
+    "Write the main log to this file (appended, with timestamps; reopened on SIGHUP).",
 )
-@click.option(
-    *_bool_names("logtime"),
-    default=False,
-    help="Prefix log lines written to stderr with timestamps.",
+@_bool_flag("logtime", "Prefix log lines written to stderr with timestamps.")
+@_text_flag(
+    "logtosyslog",
+    "TAG",
+    "Write the main log to syslog with this tag; takes precedence over --logfile.",
 )
-@click.option(
-    *_names("logtosyslog"),
-    default="",
-    metavar="TAG",
-    help="Write the main log to syslog with this tag; takes precedence over --logfile.",
-)
-@click.option(
-    *_bool_names("alsologtostderr"),
-    default=False,
-    help="When logging to a file or syslog, also copy every line to stderr.",
-)
+@_bool_flag("alsologtostderr", "When logging to a file or syslog, also copy every line to stderr.")
 @click.option(
     *_names("testing__reload_every"),
     callback=_duration,
@@ -145,11 +143,10 @@ def _bool_names(name: str) -> list[str]:
     metavar="N",
     help="For tests only: Received: header count above which a message is a loop.",
 )
-@click.option(
-    *_names("testing__retry_schedule"),
-    default="",
-    metavar="DURATIONS",
-    help="For tests only: delivery retry delays, comma-separated Go durations (e.g. 1s,2s,3s); "
+@_text_flag(
+    "testing__retry_schedule",
+    "DURATIONS",
+    "For tests only: delivery retry delays, comma-separated Go durations (e.g. 1s,2s,3s); "
     "the default is 1m,5m,10m,20m.",
 )
 @click.argument("ignored", nargs=-1, type=click.UNPROCESSED)
