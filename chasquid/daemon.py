@@ -7,7 +7,6 @@ This is the only module that installs signal handlers.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -45,7 +44,6 @@ if TYPE_CHECKING:
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
     from chasquid.smtpsrv.server import Mode, ReceptionContext
-    from chasquid.smtpsrv.session import SMTPSession
 
 log = logging.getLogger("chasquid.daemon")
 
@@ -412,7 +410,7 @@ class Daemon:
         self.ctx = ReceptionContext(
             config=self.config,
             config_dir=self.config_dir,
-            certs=self.certificates,
+            certs=self.current_certificates,
             domains=self.current_domains,
             domaininfo=self.domaininfo,
             queue=self.queue,
@@ -519,15 +517,12 @@ class Daemon:
         if certs is None:
             log.error("Error reloading certificates: none found, keeping the previous ones")
             return
-        if self.served_certificates is not None and self.ctx is not None:
+        if self.served_certificates is not None:
             # Implicit-TLS listeners hold the first context for good; its SNI
             # callback moves every handshake onto the newly loaded contexts.
             served = self.served_certificates.server_context()
             served.sni_callback = certs.server_context().sni_callback
-            # STARTTLS asks ctx.certs on each use. ReceptionContext is frozen
-            # and holds certificates rather than a getter, so swap the one
-            # reference in place (the same atomic swap as for domains).
-            object.__setattr__(self.ctx, "certs", certs)
+        # STARTTLS asks current_certificates() on each use.
         self.certificates = certs
 
     async def _reload_domains(self) -> None:
@@ -545,7 +540,7 @@ class Daemon:
         """Decision 3: stop listening, let transactions finish (bounded), stop the queue."""
         for server in self.servers:
             server.close()
-        await drain_sessions(SHUTDOWN_GRACE)
+        await drain_sessions(self.ctx, SHUTDOWN_GRACE)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -563,50 +558,10 @@ class Daemon:
         log.info("chasquid exiting")
 
 
-def live_sessions() -> list[SMTPSession]:
-    """The SMTP sessions being served, found through their handler tasks.
-
-    aiosmtpd runs each connection as one task whose coroutine is a method of
-    the session, so no registry is needed to reach them at shutdown.
-    """
-    from chasquid.smtpsrv.session import SMTPSession
-
-    found: list[SMTPSession] = []
-    for task in asyncio.all_tasks():
-        frame = getattr(task.get_coro(), "cr_frame", None)
-        owner = frame.f_locals.get("self") if frame is not None else None
-        if isinstance(owner, SMTPSession) and owner not in found:
-            found.append(owner)
-    return found
-
-
-def _in_transaction(session: SMTPSession) -> bool:
-    """Between an accepted MAIL and the reply to DATA (the envelope is reset after it)."""
-    return getattr(session, "mail_from", None) is not None
-
-
-async def drain_sessions(grace: float) -> None:
+async def drain_sessions(ctx: ReceptionContext | None, grace: float) -> None:
     """Close idle sessions now; let those in a transaction finish it, for up to ``grace`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    while True:
-        busy = False
-        for session in live_sessions():
-            if _in_transaction(session) and loop.time() < deadline:
-                busy = True
-            elif session.transport is not None:
-                session.transport.close()
-        if not busy:
-            break
-        await asyncio.sleep(0.05)
-    # Give the closed sessions' tasks a moment to notice and end cleanly.
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(_sessions_gone(), 2.0)
-
-
-async def _sessions_gone() -> None:
-    while live_sessions():
-        await asyncio.sleep(0.02)
+    if ctx is not None:
+        await ctx.sessions.drain(grace)
 
 
 def _smtpsrv_mode(mode: ModeInfo) -> Mode:

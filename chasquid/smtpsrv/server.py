@@ -17,8 +17,13 @@ from chasquid.metrics import Counters
 from chasquid.queue.queue import Queue
 from chasquid.smtpsrv.auth import Authenticator
 from chasquid.smtpsrv.certs import Certificates
+from chasquid.smtpsrv.registry import Sessions
 
 HANDSHAKE_TIMEOUT = 60.0
+#: Connection lifetime (spec/10 §4.2).
+LIFETIME = 20 * 60.0
+#: Listen backlog: bursts of hundreds of connections must not be refused.
+BACKLOG = 1024
 
 
 class Mode(enum.Enum):
@@ -43,14 +48,16 @@ class Mode(enum.Enum):
 class ReceptionContext:
     """What every reception session shares.
 
-    ``domains`` is called for every look-up so the daemon can swap the snapshot
-    atomically on reload.  ``max_received_headers`` is the loop-detection limit
-    (chasquid's test flag ``--testing__max_received_headers`` overrides it).
+    ``domains`` and ``certs`` are called for every use so the daemon can swap
+    the snapshots atomically on reload.  ``max_received_headers`` is the
+    loop-detection limit (chasquid's test flag ``--testing__max_received_headers``
+    overrides it); ``lifetime`` is the connection lifetime in seconds (a test
+    knob).  ``sessions`` registers the live sessions for graceful shutdown.
     """
 
     config: Config
     config_dir: ConfigDir
-    certs: Certificates
+    certs: Callable[[], Certificates]
     domains: Callable[[], Domains]
     domaininfo: DomainInfoStore
     queue: Queue
@@ -59,6 +66,8 @@ class ReceptionContext:
     authenticator: Authenticator = field(default_factory=Authenticator)
     max_received_headers: int = 50
     software: str = "chasquid"
+    lifetime: float = LIFETIME
+    sessions: Sessions = field(default_factory=Sessions)
 
     @property
     def hostname(self) -> str:
@@ -76,10 +85,11 @@ async def start_server(sock: socket.socket, mode: Mode, ctx: ReceptionContext) -
     from chasquid.smtpsrv.session import SMTPSession
 
     loop = asyncio.get_running_loop()
-    ssl_ctx = ctx.certs.server_context() if mode.implicit_tls else None
+    ssl_ctx = ctx.certs().server_context() if mode.implicit_tls else None
     return await loop.create_server(
         lambda: SMTPSession(mode, ctx),
         sock=sock,
+        backlog=BACKLOG,
         ssl=ssl_ctx,
         ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl_ctx is not None else None,
     )

@@ -38,7 +38,6 @@ from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
 log = logging.getLogger("chasquid.smtpsrv")
 
 COMMAND_TIMEOUT = 60.0
-LIFETIME = 20 * 60.0
 MAX_LINE = 1000
 MAX_ERRORS = 3
 MAX_RCPTS = 101
@@ -111,6 +110,21 @@ class SMTPSession(SMTP):
             self.client = peer
             self.client_ip = str(peer[0])
         super().connection_made(transport)
+        self.ctx.sessions.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        """The connection is gone: leave the registry (the handler task is cancelled)."""
+        self.ctx.sessions.discard(self)
+        super().connection_lost(error)
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between an accepted MAIL and the reply to DATA (graceful shutdown waits)."""
+        return self.mail_from is not None
+
+    def close(self) -> None:
+        """Close the connection (used by graceful shutdown)."""
+        self._close()
 
     def eof_received(self) -> bool | None:
         """Let pending work (e.g. queueing) finish; the reader sees EOF."""
@@ -206,6 +220,7 @@ class SMTPSession(SMTP):
             log.exception("SMTP.Conn %s: unexpected error", self.tcp_peer)
         finally:
             self._close()
+            self.ctx.sessions.discard(self)
 
     async def _serve(self) -> None:
         self._reset_timeout(HANDSHAKE_TIMEOUT)
@@ -223,7 +238,7 @@ class SMTPSession(SMTP):
         await self._write(f"220 {self.hostname_now} ESMTP {self.ctx.software}")
 
         while self.transport is not None:
-            if time.monotonic() - self.started > LIFETIME:
+            if time.monotonic() - self.started > self.ctx.lifetime:
                 self._log_error("connection deadline exceeded")
                 return
             self._reset_timeout(COMMAND_TIMEOUT)
@@ -327,7 +342,7 @@ class SMTPSession(SMTP):
             return Reply(503, "5.5.1 Already done")
         await self._send(220, "2.0.0 Ready to start TLS")
         self._reader._buffer.clear()  # type: ignore[attr-defined]
-        ctx = self.ctx.certs.server_context()
+        ctx = self.ctx.certs().server_context()
         try:
             await self._writer.start_tls(ctx, ssl_handshake_timeout=COMMAND_TIMEOUT)
         except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as e:
@@ -499,7 +514,7 @@ class SMTPSession(SMTP):
             return Reply(503, "5.5.1 Need an address to send to")
         await self._send(354, "Start mail input; end with <CRLF>.<CRLF>")
         self.ctx.counters.inc(_P + "tlsCount", "tls" if self.tls else "plain")
-        remaining = LIFETIME - (time.monotonic() - self.started)
+        remaining = self.ctx.lifetime - (time.monotonic() - self.started)
         self._reset_timeout(max(remaining, 1.0))
         try:
             result = await read_data(self._reader, self.ctx.max_data_size)
@@ -513,7 +528,12 @@ class SMTPSession(SMTP):
             self._reset_timeout(COMMAND_TIMEOUT)
         if result.too_big:
             return Reply(552, "5.3.4 Message too big")
-        return await self._process(result.message())
+        # The client vanishing now cancels this handler; the message must still
+        # be queued (or rejected) as a whole, never half-done, so processing runs
+        # as its own task that only a finished queue write ends.
+        work = asyncio.ensure_future(self._process(result.message()))
+        self.ctx.sessions.keep(work)
+        return await asyncio.shield(work)
 
     def _reject(self, reason: str) -> None:
         self.ctx.maillog.rejected(self.client, self.mail_from or "<>", self.rcpts, reason)

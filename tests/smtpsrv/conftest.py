@@ -115,6 +115,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
             hook_path.chmod(0o755)
         config = configmod.load(cdir.root)
         domains: Domains = load_domains(cdir.root, config)
+        certs = load_certificates(cdir.certs)
         store = QueueStore(root / "data" / "queue")
         store.ensure()
         counters = Counters()
@@ -123,7 +124,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         ctx = ReceptionContext(
             config=config,
             config_dir=cdir,
-            certs=load_certificates(cdir.certs),
+            certs=lambda: certs,
             domains=lambda: domains,
             domaininfo=DomainInfoStore(root / "data" / "domaininfo"),
             queue=queue,
