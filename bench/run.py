@@ -1,6 +1,7 @@
 """Reception benchmark: this daemon against Debian's chasquid, side by side in one run.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--messages N] [--time-limit S] [--only ours]
+       [--delivery yes|no|only]
 
 For every message size (1 KiB, 100 KiB), connection count (1, 8, 32, 128) and
 sender mode (null sender on the SMTP port; authenticated submission over
@@ -8,7 +9,8 @@ STARTTLS), it starts each server on the same generated config, sends a
 bounded load on loopback and prints accepted messages/s, p50/p99 latency, the
 server's peak RSS and CPU seconds per 1,000 messages, then our/chasquid
 ratios. Finally it opens 1,000 connections at once, each sending one message.
-Every load is bounded by a message count and a time limit.
+Every load is bounded by a message count and a time limit. Then, unless
+``--delivery no``, the end-to-end delivery benchmark of bench/delivery.py.
 """
 
 from __future__ import annotations
@@ -114,23 +116,31 @@ class Ports:
     submission_tls: int
 
 
-def make_config(root: Path, ports: Ports) -> Path:
-    """A config dir both servers load; returns it."""
+def make_config(
+    root: Path, ports: Ports, mda: tuple[str, str] | None = None, extra: str = ""
+) -> Path:
+    """A config dir both servers load; returns it.
+
+    mda is (program, argument) for the MDA (default: a shell script that
+    discards the message); extra is appended to chasquid.conf.
+    """
     config = root / "config"
     (config / "domains" / DOMAIN).mkdir(parents=True)
     self_signed(config / "certs")
-    sink = root / "sink-mda"
-    sink.write_text("#!/bin/sh\nexec cat > /dev/null\n")
-    sink.chmod(0o755)
+    if mda is None:
+        sink = root / "sink-mda"
+        sink.write_text("#!/bin/sh\nexec cat > /dev/null\n")
+        sink.chmod(0o755)
+        mda = (str(sink), "%to%")
     (config / "chasquid.conf").write_text(
         f'hostname: "localhost"\n'
         f'smtp_address: "127.0.0.1:{ports.smtp}"\n'
         f'submission_address: "127.0.0.1:{ports.submission}"\n'
         f'submission_over_tls_address: "127.0.0.1:{ports.submission_tls}"\n'
-        f'mail_delivery_agent_bin: "{sink}"\n'
-        f'mail_delivery_agent_args: "%to%"\n'
+        f'mail_delivery_agent_bin: "{mda[0]}"\n'
+        f'mail_delivery_agent_args: "{mda[1]}"\n'
         f'data_dir: "{root / "data"}"\n'
-        f'mail_log_path: "{root / "mail.log"}"\n'
+        f'mail_log_path: "{root / "mail.log"}"\n' + extra
     )
     (config / "domains" / DOMAIN / "users").write_text(legacy_users_file())
     return config
@@ -172,10 +182,12 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise RuntimeError(f"port {port} not open after {timeout}s")
 
 
-def start(name: str, root: Path, ports: Ports) -> Server:
+def start(
+    name: str, root: Path, ports: Ports, mda: tuple[str, str] | None = None, extra: str = ""
+) -> Server:
     """Start one server on a fresh copy of the config (fresh queue each time)."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-    config = make_config(run_dir, ports)
+    config = make_config(run_dir, ports, mda, extra)
     log = open(run_dir / "main.log", "wb")  # noqa: SIM115 - lives as long as the server
     if name == "ours":
         cmd = [
@@ -253,6 +265,12 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per case")
     parser.add_argument("--quick", action="store_true", help="only 8 and 32 connections")
     parser.add_argument("--only", choices=["ours", "chasquid"], help="run one server only")
+    parser.add_argument(
+        "--delivery",
+        choices=["yes", "no", "only"],
+        default="yes",
+        help="also run the end-to-end delivery benchmark (bench/delivery.py)",
+    )
     args = parser.parse_args()
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -265,6 +283,9 @@ def main() -> None:
         print("Debian's chasquid package could not be downloaded: measuring ours only")
         servers = ["ours"]
 
+    if args.delivery == "only":
+        run_delivery(args, servers)
+        return
     connection_counts = [8, 32] if args.quick else [1, 8, 32, 128]
     print(f"# {' vs '.join(servers)}; {args.messages} messages or {args.time_limit}s per case")
     root = Path(tempfile.mkdtemp(prefix="chasquid-bench-"))
@@ -324,6 +345,19 @@ def main() -> None:
                 f"{case:32} msg/s {ratio('msg/s'):5.2f}x  RSS {ratio('peak RSS MiB'):5.2f}x  "
                 f"CPU/1k {ratio('CPU s/1k msg'):5.2f}x"
             )
+    if args.delivery == "yes":
+        print()
+        run_delivery(args, servers)
+
+
+def run_delivery(args: argparse.Namespace, servers: list[str]) -> None:
+    """End-to-end delivery figures (bench/delivery.py) with this run's bounds."""
+    import delivery
+
+    delivery.run_all(
+        argparse.Namespace(messages=max(args.messages, 1000), time_limit=args.time_limit * 1.5),
+        servers,
+    )
 
 
 if __name__ == "__main__":
