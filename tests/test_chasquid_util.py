@@ -179,8 +179,12 @@ def test_user_add_without_password_needs_a_terminal(tmp_path: Path) -> None:
     assert not (cdir / "domains" / "example.com" / "users").exists()
 
 
-def _pty_session(args: list[str], answers: list[str]) -> tuple[int, str]:
-    """Run chasquid-util on a pseudo-terminal, answering each prompt in turn."""
+def _pty_session(args: list[str], answers: list[tuple[bytes, str]]) -> tuple[int, str]:
+    """Run chasquid-util on a pseudo-terminal; each (prompt, answer) is typed once its prompt shows.
+
+    Answering only when the prompt is on the last line means nothing is typed
+    while echo may still be on.
+    """
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover - the child execs at once
         os.execv(str(UTIL), [str(UTIL), *args])
@@ -189,8 +193,7 @@ def _pty_session(args: list[str], answers: list[str]) -> tuple[int, str]:
     deadline = time.monotonic() + 30
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.5)
-            if not ready:
+            if not select.select([fd], [], [], 0.5)[0]:
                 continue
             try:
                 chunk = os.read(fd, 1024)
@@ -199,10 +202,8 @@ def _pty_session(args: list[str], answers: list[str]) -> tuple[int, str]:
             if not chunk:
                 break
             output += chunk
-            # One answer per prompt seen, never before its prompt (echo is still on then).
-            sent = len(answers) - len(pending)
-            if pending and output.count(b"assword: ") > sent:
-                os.write(fd, pending.pop(0).encode() + b"\n")
+            if pending and pending[0][0] in output.rsplit(b"\n", 1)[-1]:
+                os.write(fd, pending.pop(0)[1].encode() + b"\n")
     finally:
         os.close(fd)
     _, status = os.waitpid(pid, 0)
@@ -211,9 +212,8 @@ def _pty_session(args: list[str], answers: list[str]) -> tuple[int, str]:
 
 def test_user_add_prompts_twice_without_echo(tmp_path: Path) -> None:
     cdir = make_config(tmp_path)
-    code, out = _pty_session(
-        [f"-C={cdir}", "user-add", "tty@example.com"], ["s3cr3t-pw", "s3cr3t-pw"]
-    )
+    answers = [(b"Password: ", "s3cr3t-pw"), (b"Confirm password: ", "s3cr3t-pw")]
+    code, out = _pty_session([f"-C={cdir}", "user-add", "tty@example.com"], answers)
     assert code == 0, out
     assert "Password: \n" in out
     assert "Confirm password: \n" in out
@@ -225,7 +225,8 @@ def test_user_add_prompts_twice_without_echo(tmp_path: Path) -> None:
 
 def test_prompted_passwords_must_match(tmp_path: Path) -> None:
     cdir = make_config(tmp_path)
-    code, out = _pty_session([f"-C={cdir}", "user-add", "tty@example.com"], ["one", "two"])
+    answers = [(b"Password: ", "one"), (b"Confirm password: ", "two")]
+    code, out = _pty_session([f"-C={cdir}", "user-add", "tty@example.com"], answers)
     assert code == 1
     assert "Passwords don't match" in out
     assert not (cdir / "domains" / "example.com" / "users").exists()
@@ -444,30 +445,10 @@ def test_init_needs_a_domain_when_not_interactive(tmp_path: Path) -> None:
 
 def test_init_asks_on_a_terminal(tmp_path: Path) -> None:
     target = tmp_path / "c"
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover
-        os.execv(str(UTIL), [str(UTIL), "init", str(target), "--data_dir=/srv/mail"])
-    answers = [(b"Host name", b"mx.test\n"), (b"First domain", b"test.example\n")]
-    answers.append((b"(for testing only)?", b"y\n"))
-    out = b""
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([fd], [], [], 0.5)[0]:
-                continue
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if answers and answers[0][0] in out.rsplit(b"\n", 1)[-1]:
-                os.write(fd, answers.pop(0)[1])
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, out
+    answers = [(b"Host name", "mx.test"), (b"First domain", "test.example")]
+    answers.append((b"(for testing only)?", "y"))
+    code, out = _pty_session(["init", str(target), "--data_dir=/srv/mail"], answers)
+    assert code == 0, out
     assert (target / "domains" / "test.example").is_dir()
     assert (target / "certs" / "mx.test" / "fullchain.pem").is_file()
     assert '"/srv/mail"' in (target / "chasquid.conf").read_text()

@@ -7,6 +7,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from helpers.daemon import Daemon, Setup, messages, run_to_exit
 
 
@@ -96,20 +97,12 @@ def test_no_certificates(chasquid_setup: Setup) -> None:
     assert _fatal_line(log) == "At least one valid certificate is needed"
 
 
-def test_empty_certs_dir(chasquid_setup: Setup) -> None:
-    certs = chasquid_setup.config_dir / "certs"
-    (certs / "testserver").rename(chasquid_setup.root / "moved")
+@pytest.mark.parametrize("subdir", ["certs", "domains"])
+def test_empty_config_subdir(chasquid_setup: Setup, subdir: str) -> None:
+    (chasquid_setup.config_dir / subdir / "testserver").rename(chasquid_setup.root / "moved")
     status, log = run_to_exit(chasquid_setup)
     assert status == 1
-    assert _fatal_line(log) == 'No entries found in "certs/"'
-
-
-def test_empty_domains_dir(chasquid_setup: Setup) -> None:
-    domains = chasquid_setup.config_dir / "domains"
-    (domains / "testserver").rename(chasquid_setup.root / "moved")
-    status, log = run_to_exit(chasquid_setup)
-    assert status == 1
-    assert _fatal_line(log) == 'No entries found in "domains/"'
+    assert _fatal_line(log) == f'No entries found in "{subdir}/"'
 
 
 def test_broken_users_file_at_startup(chasquid_setup: Setup) -> None:
