@@ -16,7 +16,12 @@ from chasquid_util.argv import normalize_argv
 from chasquid_util.completers import complete_domains, complete_new_user, complete_users
 from chasquid_util.errors import UtilError
 from chasquid_util.initdir import InitSettings, init_config_dir
-from chasquid_util.options import config_dir_options, current_config_dir, reports_errors
+from chasquid_util.options import (
+    common_options,
+    current_config_dir,
+    reports_errors,
+    verbose_option,
+)
 from chasquid_util.password import ask_password_twice
 from chasquid_util.shellcomplete import run_completion
 
@@ -75,9 +80,9 @@ def _get_password(password: str | None) -> str:
     invoke_without_command=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-@config_dir_options
+@common_options
 @click.pass_context
-def cli(ctx: click.Context, config_dir: str | None, deprecated_config_dir: str | None) -> None:
+def cli(ctx: click.Context, /, **_: Any) -> None:
     """Administer chasquid: users, aliases, domaininfo and configuration.
 
     Options may be given before or after the command; values may be attached
@@ -102,7 +107,7 @@ PASSWORD_HELP = "The password; asked twice on the terminal (without echo) when a
     is_flag=True,
     help="The user can receive mail but never authenticate.",
 )
-@config_dir_options
+@common_options
 @reports_errors
 def user_add(address: str, password: str | None, receive_only: bool, **_: Any) -> None:
     """Add a user, or replace its password."""
@@ -117,7 +122,7 @@ def user_add(address: str, password: str | None, receive_only: bool, **_: Any) -
 
 @cli.command("user-remove")
 @click.argument("address", metavar="USER@DOMAIN", shell_complete=complete_users)
-@config_dir_options
+@common_options
 @reports_errors
 def user_remove(address: str, **_: Any) -> None:
     """Remove a user."""
@@ -128,7 +133,7 @@ def user_remove(address: str, **_: Any) -> None:
 @cli.command("authenticate")
 @click.argument("address", metavar="USER@DOMAIN", shell_complete=complete_users)
 @click.option("--password", default=None, is_flag=False, flag_value="", help=PASSWORD_HELP)
-@config_dir_options
+@common_options
 @reports_errors
 def authenticate(address: str, password: str | None, **_: Any) -> None:
     """Check a user's password against the users file."""
@@ -141,7 +146,7 @@ def authenticate(address: str, password: str | None, **_: Any) -> None:
 
 @cli.command("check-userdb")
 @click.argument("domain", shell_complete=complete_domains)
-@config_dir_options
+@common_options
 @reports_errors
 def check_userdb(domain: str, **_: Any) -> None:
     """Check that a domain's users file loads."""
@@ -152,7 +157,7 @@ def check_userdb(domain: str, **_: Any) -> None:
 @cli.command("user-list")
 @click.argument("domain", required=False, shell_complete=complete_domains)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@config_dir_options
+@common_options
 @reports_errors
 def user_list(domain: str | None, as_json: bool, **_: Any) -> None:
     """List the users of one domain, or of every domain."""
@@ -169,7 +174,7 @@ def user_list(domain: str | None, as_json: bool, **_: Any) -> None:
 @cli.command("aliases-resolve")
 @click.argument("address")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@config_dir_options
+@common_options
 @reports_errors
 def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
     """Show what an address resolves to (asks the daemon; the files if it is not running)."""
@@ -185,7 +190,7 @@ def aliases_resolve(address: str, as_json: bool, **_: Any) -> None:
 
 @cli.command("domaininfo-remove")
 @click.argument("domain")
-@config_dir_options
+@common_options
 @reports_errors
 def domaininfo_remove(domain: str, **_: Any) -> None:
     """Forget the security level seen for a domain (through the daemon when it runs)."""
@@ -193,7 +198,7 @@ def domaininfo_remove(domain: str, **_: Any) -> None:
 
 
 @cli.command("print-config")
-@config_dir_options
+@common_options
 @reports_errors
 def print_config(**_: Any) -> None:
     """Print the effective configuration (file plus defaults)."""
@@ -203,7 +208,7 @@ def print_config(**_: Any) -> None:
 @cli.command("import-users")
 @click.argument("domain", shell_complete=complete_domains)
 @click.argument("file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@config_dir_options
+@common_options
 @reports_errors
 def import_users(domain: str, file: Path | None, **_: Any) -> None:
     """Convert a users file of chasquid (Go) into this format, keeping the passwords.
@@ -227,6 +232,7 @@ def import_users(domain: str, file: Path | None, **_: Any) -> None:
     default=None,
     help="Write a self-signed certificate for the host name (for tests, not production).",
 )
+@verbose_option
 @reports_errors
 def init(
     directory: Path,
@@ -234,6 +240,7 @@ def init(
     domain: str | None,
     data_dir: str | None,
     self_signed_cert: bool | None,
+    **_: Any,
 ) -> None:
     """Create a new config dir from flags, asking for what is missing. Never overwrites."""
     interactive = sys.stdin.isatty()

@@ -22,11 +22,24 @@ def _warn_configdir(ctx: click.Context, param: click.Parameter, value: str | Non
     return value
 
 
-def config_dir_options(f: F) -> F:
-    """-C/--config_dir/--config-dir and the deprecated --configdir, on the group and each command.
+def verbose_option(f: F) -> F:
+    """The global -v (spec/30 §3.1): more detail from the DKIM commands, accepted everywhere."""
+    return click.option(
+        "-v",
+        "--verbose",
+        "verbose",
+        is_flag=True,
+        default=None,
+        help="Verbose output (only the DKIM commands print more).",
+    )(f)
+
+
+def common_options(f: F) -> F:
+    """-C/--config_dir/--config-dir, deprecated --configdir and -v: on the group and each command.
 
     Accepting them after the subcommand keeps chasquid's "options anywhere" rule.
     """
+    f = verbose_option(f)
     f = click.option(
         "--configdir",
         "deprecated_config_dir",
@@ -57,6 +70,16 @@ def resolve_config_dir(ctx: click.Context) -> Path:
                 return Path(value)
         c = c.parent
     return Path(DEFAULT_CONFIG_DIR)
+
+
+def is_verbose(ctx: click.Context) -> bool:
+    """Whether -v was given, before or after the command."""
+    c: click.Context | None = ctx
+    while c is not None:
+        if c.params.get("verbose"):
+            return True
+        c = c.parent
+    return False
 
 
 def current_config_dir() -> Path:

@@ -23,7 +23,7 @@ from chasquid.localrpc import DaemonNotRunningError
 from chasquid.queue import admin
 from chasquid.queue.admin import ItemView
 from chasquid_util.daemonrpc import socket_path
-from chasquid_util.options import config_dir_options, current_config_dir, reporting_errors
+from chasquid_util.options import common_options, current_config_dir, reporting_errors
 
 
 def _socket() -> Path:
@@ -127,14 +127,14 @@ def render_show(v: ItemView, now: datetime) -> str:
 
 
 @click.group("queue")
-@config_dir_options
+@common_options
 def queue(**_: Any) -> None:
     """Look at and act on the running daemon's queue."""
 
 
 @queue.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@config_dir_options
+@common_options
 @_reports_errors
 def queue_list(as_json: bool, **_: Any) -> None:
     """List the queued items: id, age, sender, recipients with status and last error."""
@@ -151,7 +151,7 @@ def queue_list(as_json: bool, **_: Any) -> None:
 @queue.command("show")
 @click.argument("item_id", metavar="ID")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@config_dir_options
+@common_options
 @_reports_errors
 def queue_show(item_id: str, as_json: bool, **_: Any) -> None:
     """Show one item: envelope, recipients and the message's headers."""
@@ -167,7 +167,7 @@ def queue_show(item_id: str, as_json: bool, **_: Any) -> None:
 
 @queue.command("flush")
 @click.argument("item_id", metavar="[ID]", required=False)
-@config_dir_options
+@common_options
 @_reports_errors
 def queue_flush(item_id: str | None, **_: Any) -> None:
     """Attempt delivery now: of one item, or of every item."""
@@ -184,7 +184,7 @@ def queue_flush(item_id: str | None, **_: Any) -> None:
     is_flag=True,
     help="Do not tell the sender (by default a DSN reports the undelivered recipients).",
 )
-@config_dir_options
+@common_options
 @_reports_errors
 def queue_remove(item_id: str, no_dsn: bool, **_: Any) -> None:
     """Remove an item from the queue; its pending recipients are not delivered."""

@@ -581,3 +581,13 @@ def test_other_tools_complete_their_flags(prog: str, words: list[str], expected:
     exe = Path(sys.executable).parent / prog
     r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60, env=env)
     assert f"plain,{expected}" in r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_global_verbose_flag_is_accepted(tmp_path: Path, where: str) -> None:
+    cdir = make_config(tmp_path)
+    args = ["user-add", "v@example.com", "--password=pw"]
+    r = run("-v", f"-C={cdir}", *args) if where == "before" else run(*args, f"-C={cdir}", "-v")
+    assert r.returncode == 0, r.stderr
+    assert "Added user" in r.stdout
+    assert "-v" in run("--help").stdout
