@@ -76,6 +76,10 @@ class Setup:
     user: str = USER
     password: str = PASSWORD
     extra_conf: list[str] = field(default_factory=list)
+    #: The address the SMTP listener binds (submission listeners stay on 127.0.0.1).
+    smtp_host: str = "127.0.0.1"
+    #: The configured hostname; the domain when None.
+    hostname: str | None = None
 
     @property
     def config_dir(self) -> Path:
@@ -130,8 +134,8 @@ class Setup:
     def write_conf(self) -> None:
         """(Re)write chasquid.conf from the ports and extra_conf lines."""
         lines = [
-            f'hostname: "{self.domain}"',
-            f'smtp_address: "127.0.0.1:{self.smtp_port}"',
+            f'hostname: "{self.hostname or self.domain}"',
+            f'smtp_address: "{self.smtp_host}:{self.smtp_port}"',
             f'submission_address: "127.0.0.1:{self.submission_port}"',
             f'submission_over_tls_address: "127.0.0.1:{self.submission_tls_port}"',
             f'data_dir: "{self.data_dir}"',
@@ -147,19 +151,34 @@ class Setup:
         return ctx
 
 
-def make_setup(tmp_path: Path) -> Setup:
-    """Write a complete config dir: certs from a fresh CA, one domain with one user."""
-    ca = trustme.CA()
+def make_setup(
+    tmp_path: Path,
+    *,
+    domain: str = DOMAIN,
+    hostname: str | None = None,
+    smtp_host: str = "127.0.0.1",
+    smtp_port: int | None = None,
+    ca: trustme.CA | None = None,
+    cert_names: Sequence[str] = (),
+) -> Setup:
+    """Write a complete config dir: certs from a fresh CA (or ``ca``), one domain with one user.
+
+    The certificate is for ``domain``, ``localhost``, ``127.0.0.1`` and ``cert_names``.
+    """
+    ca = ca or trustme.CA()
     setup = Setup(
         root=tmp_path,
         ca=ca,
-        smtp_port=free_port(),
+        smtp_port=smtp_port or free_port(),
         submission_port=free_port(),
         submission_tls_port=free_port(),
+        domain=domain,
+        smtp_host=smtp_host,
+        hostname=hostname,
     )
-    cert_dir = setup.config_dir / "certs" / DOMAIN
+    cert_dir = setup.config_dir / "certs" / (hostname or domain)
     cert_dir.mkdir(parents=True)
-    leaf = ca.issue_cert(DOMAIN, "localhost", "127.0.0.1")
+    leaf = ca.issue_cert(domain, *cert_names, "localhost", "127.0.0.1")
     (cert_dir / "fullchain.pem").write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
     leaf.private_key_pem.write_to_path(str(cert_dir / "privkey.pem"))
     ca.cert_pem.write_to_path(str(setup.ca_file))

@@ -1,0 +1,136 @@
+"""Two real daemons deliver to each other on loopback hosts (spec/20 §7, §8; spec/10 §9).
+
+A is srv-a.test on 127.0.0.2, B is srv-b.test on 127.0.0.3, both on the same
+SMTP port; DNS, the trusted CA and MTA-STS policies are served by the test.
+127.0.0.4 is a relay to B that hides STARTTLS: a peer without TLS, or an
+attacker downgrading the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+from helpers.mailnet import (
+    MailNet,
+    Peer,
+    mail_net,
+    parse_dsn,
+    starttls_stripper,
+    wait_until,
+)
+
+A_HOST, B_HOST, RELAY_HOST = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[MailNet]:
+    with mail_net(tmp_path) as n:
+        yield n
+
+
+def pair(
+    net: MailNet, a_domain: str = "srv-a.test", b_domain: str = "srv-b.test"
+) -> tuple[Peer, Peer]:
+    a = net.add_peer("a", a_domain, A_HOST)
+    b = net.add_peer("b", b_domain, B_HOST)
+    return a, b
+
+
+def last_errors(peer: Peer) -> dict[str, str]:
+    """Recipient -> last failure message of every item in the peer's queue."""
+    out = {}
+    for item in peer.queue():
+        for r in item["rcpts"]:
+            if r.get("last_failure_message"):
+                out[r["address"]] = r["last_failure_message"]
+    return out
+
+
+def test_plain_untrusted_and_trusted_tls_raise_the_outgoing_level(net: MailNet) -> None:
+    a, b = pair(net)
+    rogue = trustme.CA()
+    net.add_cert(b, "untrusted", ["untrusted.srv-b.test"], rogue)
+    net.add_host("untrusted.srv-b.test", B_HOST)
+    net.add_host("plain.srv-b.test", RELAY_HOST)
+    net.start(a)
+    net.start(b)
+
+    with starttls_stripper(RELAY_HOST, B_HOST, net.port) as relay:
+        net.set_mx("srv-b.test", "plain.srv-b.test")
+        a.send(["user@srv-b.test"], subject="plain")
+        b.wait_mail(1)
+        assert relay.connections >= 1
+    assert a.level("srv-b.test") == "PLAIN"
+
+    net.set_mx("srv-b.test", "untrusted.srv-b.test")
+    a.send(["user@srv-b.test"], subject="untrusted")
+    b.wait_mail(2)
+    assert a.level("srv-b.test") == "TLS_INSECURE"
+
+    net.set_mx("srv-b.test", "mx.srv-b.test")
+    a.send(["user@srv-b.test"], subject="trusted")
+    b.wait_mail(3)
+    assert a.level("srv-b.test") == "TLS_SECURE"
+    assert [m["Subject"] for m in b.mailbox()] == ["plain", "untrusted", "trusted"]
+    assert b.envelope_senders() == ["user@srv-a.test"] * 3
+
+    # And the other way round.
+    b.send(["user@srv-a.test"], subject="back")
+    a.wait_mail(1)
+    [back] = a.mailbox()
+    assert back["Subject"] == "back"
+    assert b.level("srv-a.test") == "TLS_SECURE"
+    assert a.queue() == [] and b.queue() == []
+
+
+def test_downgrade_refused_until_domaininfo_remove(net: MailNet) -> None:
+    a, b = pair(net)
+    # SPF passes for A's mail, so B tracks A's incoming level.
+    net.zone.setdefault("srv-a.test", {})["TXT"] = ["v=spf1 ip4:127.0.0.0/8 -all"]
+    net.add_host("plain.srv-b.test", RELAY_HOST)
+    net.start(a)
+    net.start(b)
+
+    a.send(["user@srv-b.test"], subject="secure")
+    b.wait_mail(1)
+    assert a.level("srv-b.test") == "TLS_SECURE"
+    assert b.level("srv-a.test", "incoming") == "TLS_CLIENT"
+
+    with starttls_stripper(RELAY_HOST, B_HOST, net.port) as relay:
+        net.set_mx("srv-b.test", "plain.srv-b.test")
+        a.send(["user@srv-b.test"], subject="stripped")
+        # Outgoing: A refuses to send in clear to a domain seen with verified TLS,
+        # and keeps retrying (temporary).
+        wait_until(lambda: "user@srv-b.test" in last_errors(a), what="a failed attempt")
+        assert last_errors(a)["user@srv-b.test"] == (
+            "all MXs returned transient failures (last: Security level check failed (level:PLAIN))"
+        )
+        [item] = a.queue()
+        show = a.util("queue", "show", item["id"])
+        assert show.returncode == 0 and "Security level check failed (level:PLAIN)" in show.stdout
+        assert relay.connections >= 1 and len(b.mailbox()) == 1
+
+        # The operator clears A's record of B through the running daemon; the
+        # retry now goes in clear, and B refuses it: SPF passed, and A's domain
+        # was seen over TLS (incoming downgrade), a permanent failure.
+        r = a.util("domaininfo-remove", "srv-b.test")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        a.wait_mail(1)
+        [dsn] = [parse_dsn(m) for m in a.raw_mailbox()]
+        assert dsn.failed == ["user@srv-b.test"]
+        assert dsn.diagnostic("user@srv-b.test").startswith("MAIL+RCPT 550 5.7.3 ")
+        assert "user@srv-b.test" in dsn.text
+        assert len(b.mailbox()) == 1
+        wait_until(lambda: a.queue() == [], what="A's queue to empty")
+
+        # Once B forgets A's level too, mail in clear flows again.
+        r = b.util("domaininfo-remove", "srv-a.test")
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+        a.send(["user@srv-b.test"], subject="plain again")
+        b.wait_mail(2)
+    assert [m["Subject"] for m in b.mailbox()] == ["secure", "plain again"]
+    assert a.level("srv-b.test") == "PLAIN"
+    assert b.level("srv-a.test", "incoming") == "PLAIN"
