@@ -24,9 +24,9 @@ _ASSIGNMENT = re.compile(r"^(--?)([A-Za-z0-9_-]+)=(.*)$", re.DOTALL)
 def go_style_argv(args: Sequence[str]) -> list[str]:
     """Rewrite the Go spellings click does not know into ones it does.
 
-    ``-flag=true``/``-flag=false`` become ``--flag``/``--no-flag`` and ``-v=N``
-    becomes ``--v=N``; everything else is passed through unchanged. Parsing
-    stops rewriting after ``--``.
+    ``-flag=true``/``-flag=false`` become ``--flag``/``--no-flag``, ``-v=N``
+    becomes ``--v=N`` and ``-C=DIR`` becomes ``-C DIR``; everything else is
+    passed through unchanged. Parsing stops rewriting after ``--``.
     """
     out: list[str] = []
     for i, arg in enumerate(args):
@@ -47,6 +47,9 @@ def go_style_argv(args: Sequence[str]) -> list[str]:
                 raise click.UsageError(f'invalid boolean value "{value}" for -{name}: parse error')
         elif name == "v":
             out.append(f"--v={value}")
+        elif name == "C":
+            # click would keep the "=" as part of a short option's value.
+            out.extend(["-C", value])
         else:
             out.append(arg)
     return out

@@ -29,6 +29,7 @@ def test_go_style_rewrites() -> None:
         "-config_dir=x",
     ]
     assert go_style_argv(["--", "-v=2"]) == ["--", "-v=2"]
+    assert go_style_argv(["-C=/etc/x"]) == ["-C", "/etc/x"]
     with pytest.raises(click.UsageError, match="invalid boolean"):
         go_style_argv(["-logtime=maybe"])
 
