@@ -134,3 +134,111 @@ def test_downgrade_refused_until_domaininfo_remove(net: MailNet) -> None:
     assert [m["Subject"] for m in b.mailbox()] == ["secure", "plain again"]
     assert a.level("srv-b.test") == "PLAIN"
     assert b.level("srv-a.test", "incoming") == "PLAIN"
+
+
+def test_unroutable_and_refused_recipients_get_their_result_and_one_dsn(net: MailNet) -> None:
+    a, b = pair(net)
+    b.setup.add_user("user", "pw", domain="nomx.test")
+    # Short give-up so the recipient that only ever fails temporarily ends in the DSN too.
+    a.setup.extra_conf.append('give_up_send_after: "5s"')
+    net.zone.update(
+        {
+            "nullmx.test": {"MX": [(0, ".")]},
+            "nomx.test": {"A": [B_HOST]},  # no MX: the domain itself is the mail host
+            "noaddr.test": {"TXT": ["exists, but has neither MX nor A"]},
+            "dnsrefused.test": {"RCODE": ["REFUSED"]},
+        }
+    )
+    net.start(a)
+    net.start(b)
+    rcpts = [
+        "user@srv-b.test",
+        "nobody@srv-b.test",
+        "user@nomx.test",
+        "x@nullmx.test",
+        "x@nxdomain.test",
+        "x@noaddr.test",
+        "x@dnsrefused.test",
+    ]
+    a.send(rcpts, subject="to everywhere")
+    b.wait_mail(2)
+    assert sorted(str(m["To"]) for m in b.mailbox()) == [", ".join(rcpts)] * 2
+
+    # While one recipient is still being retried, the queue shows every last error.
+    wait_until(lambda: len(last_errors(a)) == 5, what="five failed recipients in the queue")
+    errors = last_errors(a)
+    assert errors["nobody@srv-b.test"].startswith("MAIL+RCPT 550 5.1.1 ")
+    assert errors["x@nullmx.test"] == (
+        "Could not find mail server: domain nullmx.test does not accept mail (null MX)"
+    )
+    assert errors["x@nxdomain.test"] == (
+        "Could not find mail server: domain nxdomain.test does not exist (NXDOMAIN)"
+    )
+    assert errors["x@dnsrefused.test"].startswith("Could not find mail server: ")
+    assert "Could not dial" in errors["x@noaddr.test"]
+    [item] = a.queue()
+    statuses = {r["address"]: r["status"] for r in item["rcpts"]}
+    assert statuses == {
+        "user@srv-b.test": "sent",
+        "user@nomx.test": "sent",
+        "nobody@srv-b.test": "failed",
+        "x@nullmx.test": "failed",
+        "x@nxdomain.test": "failed",
+        "x@dnsrefused.test": "failed",
+        "x@noaddr.test": "pending",
+    }
+    show = a.util("queue", "show", item["id"])
+    assert show.returncode == 0, show.stderr
+    for rcpt, error in errors.items():
+        assert rcpt in show.stdout
+        assert " ".join(error.split()) in " ".join(show.stdout.split())
+
+    # At give-up, one DSN reaches the sender with the last error of each recipient.
+    a.wait_mail(1, timeout=30)
+    [raw] = a.raw_mailbox()
+    dsn = parse_dsn(raw)
+    failed = sorted(r for r in rcpts if r not in ("user@srv-b.test", "user@nomx.test"))
+    assert dsn.failed == failed
+    assert [r["Final-Recipient"] for r in dsn.recipients] == [
+        "utf-8; nobody@srv-b.test",
+        "utf-8; x@nullmx.test",
+        "utf-8; x@nxdomain.test",
+        "utf-8; x@dnsrefused.test",
+        "utf-8; x@noaddr.test",
+    ]
+    assert [r["Status"] for r in dsn.recipients] == ["5.0.0"] * 4 + ["4.0.0"]
+    for r in failed:
+        assert dsn.diagnostic(r) == " ".join(errors[r].split()) or r == "x@noaddr.test"
+        assert f"  - {r}" in dsn.text
+    assert "Could not dial" in dsn.diagnostic("x@noaddr.test")
+    original = list(dsn.message.iter_parts())[2].get_payload()[0]
+    assert original["Subject"] == "to everywhere"
+    wait_until(lambda: a.queue() == [], what="A's queue to empty")
+
+
+def test_idna_domains_both_ways_and_sender_rewriting_in_ascii(net: MailNet) -> None:
+    a, b = pair(net, "árbol.test", "ñaca.test")
+    (b.setup.config_dir / "domains" / "ñaca.test" / "aliases").write_text("fwd: user@árbol.test\n")
+    net.start(a)
+    net.start(b)
+
+    # A -> B with the Unicode address (SMTPUTF8 all the way).
+    a.send(["user@ñaca.test"], subject="unicode address")
+    b.wait_mail(1)
+    assert b.envelope_senders() == ["user@árbol.test"]
+    assert a.level("ñaca.test") == "TLS_SECURE"
+    assert (a.setup.data_dir / "domaininfo" / "s:%C3%B1aca.test").exists()
+
+    # B -> A with the ASCII (IDNA) form of the address.
+    b.send(["user@xn--rbol-4na.test"], subject="ascii address")
+    a.wait_mail(1)
+    assert [m["Subject"] for m in a.mailbox()] == ["ascii address"]
+    assert b.level("árbol.test") == "TLS_SECURE"
+
+    # A -> B -> A through an alias: B rewrites the foreign sender (decision 14:
+    # its domain goes out in ASCII form; A's reception turns it back to Unicode).
+    a.send(["fwd@ñaca.test"], subject="forwarded")
+    a.wait_mail(2)
+    assert a.envelope_senders()[1] == "fwd+fwd_from=user=árbol.test@ñaca.test"
+    assert [m["Subject"] for m in a.mailbox()] == ["ascii address", "forwarded"]
+    assert a.queue() == [] and b.queue() == []

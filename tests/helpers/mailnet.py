@@ -124,10 +124,13 @@ class Peer:
             f"Message-ID: <{time.monotonic_ns()}@test>\r\n\r\n{body}"
         ).encode()
         utf8 = not (sender.isascii() and all(r.isascii() for r in rcpts))
+        from chasquid.normalize import addr_to_ascii
+
         with smtplib.SMTP_SSL(
             "127.0.0.1", s.submission_tls_port, context=s.client_context(), timeout=30
         ) as c:
-            c.login(s.user_addr, s.password)
+            # smtplib writes AUTH PLAIN in ASCII only: log in with the IDNA form.
+            c.login(addr_to_ascii(s.user_addr), s.password)
             refused = c.sendmail(sender, list(rcpts), data, ["SMTPUTF8"] if utf8 else [])
             assert refused == {}, refused
 
