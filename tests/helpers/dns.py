@@ -76,7 +76,7 @@ def dns_server(zone: Zone, default_rcode: str = "NXDOMAIN") -> Iterator[str]:
     thread.start()
     try:
         host, port = server.server_address[:2]
-        yield f"{host}:{port}"
+        yield f"{host!s}:{port}"
     finally:
         server.shutdown()
         server.server_close()
