@@ -134,7 +134,9 @@ class Queue:
 
         item = QueueItem(
             id=new_id(),
-            sender=sender,
+            # Reception hands the null sender over as ""; the item format (and the
+            # no-DSN-about-a-DSN rule) know it only as "<>".
+            sender=sender or "<>",
             to=tuple(to),
             rcpts=tuple(queued),
             data=data,
