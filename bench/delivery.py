@@ -215,14 +215,14 @@ def run_all(
     try:
         sink = build_sink(root)
         log("# sinks alone (must be well above the servers' figures)")
-        for n in (8, 32):
+        for n in (8, 32) if getattr(args, "sinks", True) else ():
             mda_rate = sink_alone_mda(sink, root, args.messages, n)
             log(f"mda sink alone   c={n:<3} {mda_rate:8.1f} msg/s")
             lmtp_rate = sink_alone_lmtp(root, args.messages, n)
             log(f"lmtp sink alone  c={n:<3} {lmtp_rate:8.1f} msg/s")
         log(f"# delivery: {' vs '.join(servers)}; {args.messages} messages of 1 KiB per case")
         rows = []
-        for method in ("mda", "lmtp"):
+        for method in getattr(args, "methods", ("mda", "lmtp")):
             for n in (8, 32):
                 case = Case(method, n)
                 for name in servers:
@@ -250,7 +250,12 @@ def main() -> None:
         "--time-limit", type=float, default=30.0, help="seconds of sending per case"
     )
     parser.add_argument("--only", choices=["ours", "chasquid"], help="run one server only")
+    parser.add_argument(
+        "--method", dest="methods", action="append", choices=["mda", "lmtp"], help="repeatable"
+    )
+    parser.add_argument("--no-sinks", dest="sinks", action="store_false", help="skip sinks alone")
     args = parser.parse_args()
+    args.methods = args.methods or ["mda", "lmtp"]
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     servers = [args.only] if args.only else ["ours", "chasquid"]

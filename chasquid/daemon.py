@@ -15,6 +15,7 @@ import stat
 import sys
 import warnings
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,6 +66,10 @@ class DaemonOptions:
     max_received_headers: int = 50
     #: Retry delays of the delivery loop (``--testing__retry_schedule``); () = spec/20 §4.7.
     retry_schedule: tuple[float, ...] = ()
+
+
+#: Worker threads of the default executor (programs, fsyncs, scrypt, SPF).
+PROGRAM_THREADS = 64
 
 
 def _use_pidfd_child_watcher() -> None:
@@ -198,8 +203,6 @@ class Daemon:
         self.data_dir: DataDir | None = None
         self.maillog: MailLog | None = None
         self.certificates: Certificates | None = None
-        # The certificates the listeners were started with (see _reload_certificates).
-        self.served_certificates: Certificates | None = None
         self.ctx: ReceptionContext | None = None
         self.domains: Domains | None = None
         self.domaininfo: DomainInfoStore | None = None
@@ -228,6 +231,12 @@ class Daemon:
     async def main(self) -> int:
         """Start up in the specified order, serve until asked to stop, shut down gracefully."""
         log.info("chasquid starting (version %s)", version())
+        # MDAs, pipes and hooks each hold a worker thread while they run
+        # (chasquid.process); with Python's default of cpu+4 workers a few slow
+        # programs would delay the queue's fsyncs and scrypt checks behind them.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=PROGRAM_THREADS, thread_name_prefix="chasquid-worker")
+        )
         config = self._load_config()
         self.config = config
         log_config(config)
@@ -406,7 +415,6 @@ class Daemon:
         assert self.config is not None and self.config_dir is not None
         assert self.certificates is not None and self.domaininfo is not None
         assert self.queue is not None and self.maillog is not None
-        self.served_certificates = self.certificates
         self.ctx = ReceptionContext(
             config=self.config,
             config_dir=self.config_dir,
@@ -517,12 +525,7 @@ class Daemon:
         if certs is None:
             log.error("Error reloading certificates: none found, keeping the previous ones")
             return
-        if self.served_certificates is not None:
-            # Implicit-TLS listeners hold the first context for good; its SNI
-            # callback moves every handshake onto the newly loaded contexts.
-            served = self.served_certificates.server_context()
-            served.sni_callback = certs.server_context().sni_callback
-        # STARTTLS asks current_certificates() on each use.
+        # Every TLS handshake (implicit or STARTTLS) asks current_certificates().
         self.certificates = certs
 
     async def _reload_domains(self) -> None:

@@ -1,21 +1,20 @@
-"""Running hook programs: no shell, bounded output, a timeout that kills the whole group."""
+"""Running hook programs (post-data, alias-resolve) through the shared program runner."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
+import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.errors import ChasquidError
+from chasquid.process import Output, ProgramResult, ProgramStartError, run_program
 
 #: Bytes of stdout and of stderr kept from a hook; the rest is read and discarded.
 MAX_OUTPUT = 1024 * 1024
 
-_CHUNK = 64 * 1024
+#: What a finished (or killed) hook produced: ``ok``, ``stdout``, ``stderr``, ``error_text()``.
+HookResult = ProgramResult
 
 
 class HookError(ChasquidError):
@@ -24,65 +23,6 @@ class HookError(ChasquidError):
 
 class HookMissingError(HookError):
     """The hook file does not exist: callers skip the hook silently."""
-
-
-@dataclass(frozen=True)
-class HookResult:
-    """What a finished (or killed) hook produced."""
-
-    returncode: int
-    stdout: bytes
-    stderr: bytes
-    timed_out: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True if the hook exited 0 within its time."""
-        return self.returncode == 0 and not self.timed_out
-
-    def error_text(self) -> str:
-        """A short description of the failure, e.g. `exit status 1`."""
-        if self.timed_out:
-            return "timed out"
-        if self.returncode < 0:
-            return f"killed by signal {-self.returncode}"
-        return f"exit status {self.returncode}"
-
-
-async def _read_bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
-    if stream is None:
-        return b""
-    kept = bytearray()
-    while True:
-        chunk = await stream.read(_CHUNK)
-        if not chunk:
-            return bytes(kept)
-        room = limit - len(kept)
-        if room > 0:
-            kept += chunk[:room]
-
-
-async def _feed(proc: asyncio.subprocess.Process, data: bytes | None) -> None:
-    if proc.stdin is None:
-        return
-    try:
-        if data:
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-    except (BrokenPipeError, ConnectionResetError):
-        # The hook need not read all its input.
-        pass
-    finally:
-        proc.stdin.close()
-
-
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    # The hook runs in its own session, so its pid is also its process group id;
-    # killing the group also takes out any children it spawned.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
 
 
 async def run_hook(
@@ -102,50 +42,24 @@ async def run_hook(
     result has timed_out set. env None means the inherited environment.
     """
     hook = Path(path)
-    if not hook.exists():
-        raise HookMissingError(f"hook {str(hook)!r} does not exist")
-    if not hook.is_file() or not os.access(hook, os.X_OK):
+    # One stat on the event loop per call: hooks run for every RCPT and DATA.
+    try:
+        st = os.stat(hook)
+    except FileNotFoundError:
+        raise HookMissingError(f"hook {str(hook)!r} does not exist") from None
+    except OSError as e:
+        raise HookError(f"hook {str(hook)!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
         raise HookError(f"hook {str(hook)!r} is not an executable file")
     try:
-        proc = await asyncio.create_subprocess_exec(
-            str(hook),
-            *args,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(env) if env is not None else None,
+        return await run_program(
+            [str(hook), *args],
+            stdin=stdin,
             cwd=cwd,
-            start_new_session=True,
+            timeout=timeout,
+            env=env,
+            output=Output.SEPARATE,
+            max_output=max_output,
         )
-    except OSError as e:
-        raise HookError(f"running hook {str(hook)!r}: {e.strerror or e}") from e
-
-    out_task = asyncio.ensure_future(_read_bounded(proc.stdout, max_output))
-    err_task = asyncio.ensure_future(_read_bounded(proc.stderr, max_output))
-    feed_task = asyncio.ensure_future(_feed(proc, stdin))
-    everything = asyncio.gather(out_task, err_task, feed_task, proc.wait())
-    timed_out = False
-    try:
-        await asyncio.wait_for(asyncio.shield(everything), timeout)
-    except TimeoutError:
-        timed_out = True
-        _kill_group(proc)
-        try:
-            # Pipes close once the group is dead; a grandchild that escaped the
-            # group could keep them open, so bound this wait too.
-            await asyncio.wait_for(asyncio.shield(everything), 2.0)
-        except TimeoutError:
-            for t in (out_task, err_task, feed_task):
-                t.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 2.0)
-    except BaseException:
-        _kill_group(proc)
-        everything.cancel()
-        raise
-
-    def done(t: asyncio.Future[bytes]) -> bytes:
-        return t.result() if t.done() and not t.cancelled() else b""
-
-    rc = proc.returncode if proc.returncode is not None else -int(signal.SIGKILL)
-    return HookResult(rc, done(out_task), done(err_task), timed_out)
+    except ProgramStartError as e:
+        raise HookError(f"hook {str(hook)!r}: {e}") from e

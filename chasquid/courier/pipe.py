@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.courier.base import DeliveryError
-from chasquid.courier.process import ProgramStartError, resolve_program, run_program
+from chasquid.process import Output, ProgramStartError, resolve_program, run_program
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -30,7 +30,7 @@ class PipeCourier:
                 stdin=data,
                 cwd=self.config_dir,
                 timeout=self.timeout,
-                capture=False,
+                output=Output.DISCARD,
             )
         except ProgramStartError as e:
             raise DeliveryError(str(e), permanent=True) from e

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from chasquid.courier.base import Courier, DeliveryError
+from chasquid.courier.srs import forward_sender
 from chasquid.errors import ChasquidError
 from chasquid.maillog import MailLog
 from chasquid.metrics import Counters
@@ -137,13 +138,6 @@ def parse_retry_schedule(text: str) -> tuple[float, ...]:
     return values
 
 
-def rewrite_sender(sender: str, original_address: str) -> str:
-    """Send-only SRS (spec/20 §4.9, decision 14): ``U+fwd_from=F@D``, D in ASCII form."""
-    from chasquid.courier.srs import forward_sender
-
-    return forward_sender(sender, original_address)
-
-
 def attempt_kind(rcpt: QueuedRecipient, is_local: Callable[[str], bool]) -> str:
     """The ``deliverAttempts`` label of a recipient (spec/20 §4.8)."""
     if rcpt.kind is RecipientKind.PIPE:
@@ -206,7 +200,7 @@ class ItemRunner:
             else:
                 sender = item.sender
                 if not is_local(sender):
-                    sender = rewrite_sender(sender, r.original_address)
+                    sender = forward_sender(sender, r.original_address)
                 _, domain = split_addr(r.address)
                 key = (domain, sender, r.via if kind == "forward" else ())
                 remote_groups.setdefault(key, []).append(i)
@@ -273,7 +267,12 @@ class ItemRunner:
             self.item = self.item.with_status(i, RecipientStatus.FAILED, error.message)
         else:
             self.item = self.item.with_status(i, RecipientStatus.PENDING, error.message)
-        await self.write()
+        if any(r.status is not RecipientStatus.SENT for r in self.item.rcpts):
+            await self.write()
+        # else: every recipient is delivered and the item's file is deleted next
+        # (after the writes of the other recipients of this round have landed):
+        # that deletion is the durable state change, and a crash before it
+        # redelivers, exactly as a crash before this write would have.
         r = self.item.rcpts[i]
         item_id, sender = self.item.id, self.item.sender
         if error is None:
