@@ -19,6 +19,7 @@ from helpers.mailnet import (
     mail_net,
     parse_dsn,
     starttls_stripper,
+    sts_server,
     wait_until,
 )
 
@@ -109,7 +110,7 @@ def test_downgrade_refused_until_domaininfo_remove(net: MailNet) -> None:
             "all MXs returned transient failures (last: Security level check failed (level:PLAIN))"
         )
         [item] = a.queue()
-        show = a.util("queue", "show", item["id"])
+        show = a.util("queue", "show", "--", item["id"])
         assert show.returncode == 0 and "Security level check failed (level:PLAIN)" in show.stdout
         assert relay.connections >= 1 and len(b.mailbox()) == 1
 
@@ -187,7 +188,7 @@ def test_unroutable_and_refused_recipients_get_their_result_and_one_dsn(net: Mai
         "x@dnsrefused.test": "failed",
         "x@noaddr.test": "pending",
     }
-    show = a.util("queue", "show", item["id"])
+    show = a.util("queue", "show", "--", item["id"])
     assert show.returncode == 0, show.stderr
     for rcpt, error in errors.items():
         assert rcpt in show.stdout
@@ -242,3 +243,92 @@ def test_idna_domains_both_ways_and_sender_rewriting_in_ascii(net: MailNet) -> N
     assert a.envelope_senders()[1] == "fwd+fwd_from=user=árbol.test@ñaca.test"
     assert [m["Subject"] for m in a.mailbox()] == ["ascii address", "forwarded"]
     assert a.queue() == [] and b.queue() == []
+
+
+def test_forwarding_loop_between_the_two_is_stopped(net: MailNet) -> None:
+    a, b = pair(net)
+    (a.setup.config_dir / "domains" / "srv-a.test" / "aliases").write_text(
+        "loop: loop@srv-b.test\n"
+    )
+    (b.setup.config_dir / "domains" / "srv-b.test" / "aliases").write_text(
+        "loop: loop@srv-a.test\n"
+    )
+    limit = "--testing__max_received_headers=5"
+    net.start(a, limit)
+    net.start(b, limit)
+
+    a.send(["loop@srv-a.test"], subject="round and round")
+
+    def rejections() -> list[str]:
+        logs = [p.daemon.mail_log_text() for p in (a, b) if p.daemon]
+        return [line for log in logs for line in log.splitlines() if " rejected " in line]
+
+    # The message, and then the DSN about it (sent to the forwarder's rewritten
+    # address, which loops through the same aliases), are both refused as loops.
+    wait_until(lambda: len(rejections()) >= 2, what="two loop rejections")
+    wait_until(lambda: a.queue() == [] and b.queue() == [], what="both queues to empty")
+    assert all("5.4.6" in line for line in rejections()), rejections()
+    queued = [
+        line
+        for p in (a, b)
+        if p.daemon
+        for line in p.daemon.mail_log_text().splitlines()
+        if " queued " in line
+    ]
+    # Each trip adds a Received header: about five hops per message, then it stops.
+    assert 6 <= len(queued) <= 16, queued
+    assert a.mailbox() == [] and b.mailbox() == []
+    # One DSN about the original message; never one about the DSN (null sender).
+    dsns = [p.daemon.log_text().count(": sent DSN ") for p in (a, b) if p.daemon]
+    assert sum(dsns) == 1, dsns
+    assert not any(" from= " in line for line in queued)
+
+
+def test_mta_sts_enforce_and_testing_policies_served_over_https(net: MailNet) -> None:
+    a, b = pair(net)
+    rogue = trustme.CA()
+    net.add_cert(b, "untrusted", ["untrusted.srv-b.test"], rogue)
+    net.add_host("untrusted.srv-b.test", B_HOST)
+    policies = {
+        # domain: (MX host, policy mode, policy mx pattern)
+        "srv-b.test": ("mx.srv-b.test", "enforce", "*.srv-b.test"),
+        "strict.test": ("mx.srv-b.test", "enforce", "*.elsewhere.test"),
+        "testing.test": ("mx.srv-b.test", "testing", "*.elsewhere.test"),
+        "weak.test": ("untrusted.srv-b.test", "enforce", "untrusted.srv-b.test"),
+    }
+    texts = {}
+    for domain, (mx, mode, pattern) in policies.items():
+        if domain != "srv-b.test":
+            b.setup.add_user("user", "pw", domain=domain)
+        net.set_mx(domain, mx)
+        net.zone[f"_mta-sts.{domain}"] = {"TXT": ["v=STSv1; id=20240101"]}
+        net.add_host(f"mta-sts.{domain}", "127.0.0.5")
+        texts[domain] = f"version: STSv1\nmode: {mode}\nmx: {pattern}\nmax_age: 86400\n"
+    net.start(a)
+    net.start(b)
+
+    with sts_server("127.0.0.5", net.https_port, net.ca, texts) as requested:
+        a.send([f"user@{d}" for d in policies], subject="sts")
+        # Enforce with a matching MX and verified TLS, and testing mode even with
+        # a non-matching MX, deliver.
+        b.wait_mail(2)
+        wait_until(lambda: len(last_errors(a)) == 2, what="two recipients held back")
+        assert sorted(set(requested)) == sorted(f"mta-sts.{d}" for d in policies)
+
+    errors = last_errors(a)
+    assert set(errors) == {"user@strict.test", "user@weak.test"}
+    # No MX of strict.test is allowed by its policy: nothing was even tried.
+    assert errors["user@strict.test"] == "all MXs returned transient failures (last: <nil>)"
+    assert "invalid security level (TLS_INSECURE) for STS policy" in errors["user@weak.test"]
+    [item] = a.queue()
+    assert {r["address"]: r["status"] for r in item["rcpts"]} == {
+        "user@srv-b.test": "sent",
+        "user@testing.test": "sent",
+        "user@strict.test": "pending",
+        "user@weak.test": "pending",
+    }
+    assert len(b.mailbox()) == 2
+    cache = a.setup.data_dir / "sts-cache"
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith("pol:")) == sorted(
+        f"pol:{d}" for d in policies
+    )
