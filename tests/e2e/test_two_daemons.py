@@ -141,7 +141,7 @@ def test_unroutable_and_refused_recipients_get_their_result_and_one_dsn(net: Mai
     a, b = pair(net)
     b.setup.add_user("user", "pw", domain="nomx.test")
     # Short give-up so the recipient that only ever fails temporarily ends in the DSN too.
-    a.setup.extra_conf.append('give_up_send_after: "5s"')
+    a.setup.extra_conf.append('give_up_send_after: "8s"')
     net.zone.update(
         {
             "nullmx.test": {"MX": [(0, ".")]},
