@@ -103,6 +103,8 @@ def test_ids_are_11_urlsafe_chars_and_differ() -> None:
     ids = {new_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(ID_RE.match(i) for i in ids)
+    # 1000 draws start with "-" about 16 times if nothing prevents it.
+    assert not any(i.startswith("-") for i in ids)
 
 
 def test_item_round_trips_through_encoding() -> None:

@@ -9,8 +9,13 @@ ID_LENGTH = 11
 
 
 def new_id() -> str:
-    """Return a fresh 11-character id from ``[A-Za-z0-9_-]``.
+    """Return a fresh 11-character id from ``[A-Za-z0-9_-]`` that does not start with ``-``.
 
-    Also used for DSN Message-IDs and MIME boundaries.
+    An id starting with ``-`` would read as an option on a command line
+    (``chasquid-util queue show -x...``), so such draws are discarded. Also used
+    for DSN Message-IDs and MIME boundaries.
     """
-    return base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
+    while True:
+        item_id = base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode("ascii")
+        if not item_id.startswith("-"):
+            return item_id
