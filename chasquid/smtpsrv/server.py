@@ -81,15 +81,11 @@ class ReceptionContext:
 
 
 async def start_server(sock: socket.socket, mode: Mode, ctx: ReceptionContext) -> asyncio.Server:
-    """Serve SMTP in ``mode`` on an already-bound listening socket."""
+    """Serve SMTP in ``mode`` on an already-bound listening socket (implicit TLS included)."""
     from chasquid.smtpsrv.session import SMTPSession
 
     loop = asyncio.get_running_loop()
-    ssl_ctx = ctx.certs().server_context() if mode.implicit_tls else None
-    return await loop.create_server(
-        lambda: SMTPSession(mode, ctx),
-        sock=sock,
-        backlog=BACKLOG,
-        ssl=ssl_ctx,
-        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if ssl_ctx is not None else None,
-    )
+    # Implicit TLS is started by the session itself, so that a failed
+    # handshake is logged with the client address (asyncio would only log it
+    # in debug mode) and reloaded certificates are used at once.
+    return await loop.create_server(lambda: SMTPSession(mode, ctx), sock=sock, backlog=BACKLOG)

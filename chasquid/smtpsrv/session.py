@@ -89,6 +89,7 @@ class SMTPSession(SMTP):
         self.spf: spfcheck.SPFResult | None = None
         self.errors = 0
         self._pending: list[bytes] = []
+        self._handshaking = False
         self.tcp_peer = ""
         self.client: Any = ""
         self.client_ip = ""
@@ -115,6 +116,8 @@ class SMTPSession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         """The connection is gone: leave the registry (the handler task is cancelled)."""
         self.ctx.sessions.discard(self)
+        if error is not None:
+            self._log_error(f"exiting with error: {error}")
         super().connection_lost(error)
 
     @property
@@ -222,11 +225,47 @@ class SMTPSession(SMTP):
             self._close()
             self.ctx.sessions.discard(self)
 
+    def _timeout_cb(self) -> None:
+        """The I/O deadline passed: log it, try a last 554 (§4.2) and close."""
+        self._log_error("exiting with error: connection timed out")
+        transport = self.transport
+        if transport is None:
+            return
+        if not self._handshaking:
+            # A TLS handshake in progress owns the raw socket; no reply then.
+            self._pending.append(b"554 error reading command: connection timed out\r\n")
+        self._close()
+
+    async def _start_tls(self) -> str | None:
+        """Upgrade the connection to TLS; None on success, else the error text.
+
+        asyncio's start_tls closes the raw transport when the handshake fails,
+        so no reply can follow a failed handshake: by then the client is
+        speaking TLS and a cleartext line would be noise anyway.
+        """
+        self._handshaking = True
+        try:
+            await self._writer.start_tls(
+                self.ctx.certs().server_context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            )
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError, EOFError) as e:
+            return str(e) or type(e).__name__
+        finally:
+            self._handshaking = False
+        new_transport = self._writer.transport
+        self.transport = new_transport
+        self._reader._transport = new_transport  # type: ignore[attr-defined]
+        self._record_tls(new_transport)
+        return None
+
     async def _serve(self) -> None:
         self._reset_timeout(HANDSHAKE_TIMEOUT)
         assert self.transport is not None
         if self.mode.implicit_tls:
-            self._record_tls(self.transport)
+            error = await self._start_tls()
+            if error is not None:
+                self._log_error(f"error completing TLS handshake: {error}")
+                return
         if self.ctx.config.haproxy_incoming:
             try:
                 header = parse_proxy_line(await self._reader.readuntil(b"\n"))
@@ -248,6 +287,12 @@ class SMTPSession(SMTP):
                 await self._write("554 error reading command: line too long")
                 return
             except asyncio.IncompleteReadError:
+                # The client may only have half-closed: a last reply can still arrive.
+                self._pending.append(b"554 error reading command: unexpected EOF\r\n")
+                return
+            except (ConnectionError, OSError) as e:
+                self._log_error(f"exiting with error: {e}")
+                self._pending.append(f"554 error reading command: {e}\r\n".encode())
                 return
             verb_b, _, params_b = line.partition(b" ")
             verb = verb_b.decode("ascii", "replace").upper()
@@ -341,18 +386,15 @@ class SMTPSession(SMTP):
         if self.tls is not None:
             return Reply(503, "5.5.1 Already done")
         await self._send(220, "2.0.0 Ready to start TLS")
+        # Plaintext pipelined after STARTTLS must never be read as commands.
         self._reader._buffer.clear()  # type: ignore[attr-defined]
-        ctx = self.ctx.certs().server_context()
-        try:
-            await self._writer.start_tls(ctx, ssl_handshake_timeout=COMMAND_TIMEOUT)
-        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as e:
-            # asyncio has already closed the raw transport by now.
-            self._log_error(f"STARTTLS failed: 554  5.5.0 Error in TLS handshake: {e}")
+        error = await self._start_tls()
+        if error is not None:
+            # The 554 5.5.0 of §6.3 cannot be sent (see _start_tls); the log
+            # line carries it, with the client address, for the operator.
+            self.errors += 1
+            self._log_error(f"STARTTLS failed: 554  5.5.0 Error in TLS handshake: {error}")
             return _CLOSE
-        new_transport = self._writer.transport
-        self.transport = new_transport
-        self._reader._transport = new_transport  # type: ignore[attr-defined]
-        self._record_tls(new_transport)
         self._reset_envelope()
         return None
 
@@ -533,7 +575,13 @@ class SMTPSession(SMTP):
         # as its own task that only a finished queue write ends.
         work = asyncio.ensure_future(self._process(result.message()))
         self.ctx.sessions.keep(work)
-        return await asyncio.shield(work)
+        reply = await asyncio.shield(work)
+        if reply.code == 250:
+            # Only now, with the reply about to be written in this same step:
+            # graceful shutdown closes a session as soon as it leaves its
+            # transaction, and must not do so before the client hears 250.
+            self._reset_envelope()
+        return reply
 
     def _reject(self, reason: str) -> None:
         self.ctx.maillog.rejected(self.client, self.mail_from or "<>", self.rcpts, reason)
@@ -595,7 +643,6 @@ class SMTPSession(SMTP):
         except QueueError as e:
             return Reply(451, f"4.3.0 Failed to queue message: {e}")
         self.ctx.maillog.queued(self.client, sender or "<>", self.rcpts, item_id)
-        self._reset_envelope()
         return Reply(250, f"2.0.0 Queued as {item_id}")
 
     async def _run_hook(self, message: bytes) -> posthook.HookOutcome:

@@ -99,12 +99,14 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     servers: list[asyncio.Server] = []
+    contexts: list[ReceptionContext] = []
 
     def make(
         mode: Mode = Mode.SMTP,
         conf: str = "",
         hook: str | None = None,
         max_received_headers: int = 50,
+        lifetime: float = 20 * 60.0,
     ) -> Running:
         root = tmp_path
         _write_config(root, ca, conf)
@@ -131,6 +133,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
             maillog=MailLog.open(str(root / "mail.log")),
             counters=counters,
             max_received_headers=max_received_headers,
+            lifetime=lifetime,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
@@ -138,6 +141,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         port = sock.getsockname()[1]
         server = asyncio.run_coroutine_threadsafe(start_server(sock, mode, ctx), loop).result(10)
         servers.append(server)
+        contexts.append(ctx)
         return Running(port=port, ctx=ctx, root=root, ca=ca, loop=loop)
 
     yield make
@@ -145,6 +149,8 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
     async def stop() -> None:
         for s in servers:
             s.close()
+        for ctx in contexts:
+            await ctx.sessions.drain(0)
 
     asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
