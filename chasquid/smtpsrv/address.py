@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from chasquid.errors import ChasquidError
+
+_INVALID_UTF8 = re.compile("[\udc80-\udcff]")
 
 _ATEXT = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
@@ -86,7 +90,11 @@ def parse_address(token: str) -> str:
     """The bare address of an RFC 5322 single-token address (``<a@b>``, ``a@b``, ``N<a@b>``).
 
     Quoted local parts are returned without quotes.  Raises AddressError.
+    Commands are decoded with ``surrogateescape``: a surrogate here is a byte
+    that was not valid UTF-8.
     """
+    if _INVALID_UTF8.search(token):
+        raise AddressError("invalid UTF-8 in address")
     token = _strip_comment(token)
     if "<" in token:
         start = token.find("<")

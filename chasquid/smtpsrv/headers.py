@@ -154,7 +154,10 @@ def authentication_results(
 def format_header(name: str, value: str) -> bytes:
     """``Name: value`` with continuation lines TAB-indented, LF-terminated (§10.1)."""
     value = value.removesuffix("\n")
-    return f"{name}: {value.replace(chr(10), chr(10) + chr(9))}\n".encode()
+    # Client-supplied text (HELO name) may hold undecodable bytes: keep them as sent.
+    return f"{name}: {value.replace(chr(10), chr(10) + chr(9))}\n".encode(
+        "utf-8", "surrogateescape"
+    )
 
 
 def check_header_section(data: bytes) -> int:

@@ -156,7 +156,7 @@ class SMTPSession(SMTP):
         Replies that the client must see before it goes on (greeting, 354, 334,
         STARTTLS) are never deferred.
         """
-        self._pending.append(reply.encode("utf-8") + b"\r\n")
+        self._pending.append(reply.encode("utf-8", "surrogateescape") + b"\r\n")
         if may_defer and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
             return
         self._writer.write(b"".join(self._pending))
@@ -481,7 +481,10 @@ class SMTPSession(SMTP):
             self.ctx.counters.inc(_P + "securityLevelChecks", "skip")
         else:
             level = SecLevel.TLS_CLIENT if self.tls else SecLevel.PLAIN
-            ok = await asyncio.to_thread(self.ctx.domaininfo.incoming_ok, raw_domain, level)
+            # On the loop, not in a thread: DomainInfoStore is not thread-safe,
+            # and the call only writes (one small fsync) when a domain's level
+            # rises, which is rare; the courier calls it on the loop as well.
+            ok = self.ctx.domaininfo.incoming_ok(raw_domain, level)
             self.ctx.counters.inc(_P + "securityLevelChecks", "pass" if ok else "fail")
             if not ok:
                 self.ctx.maillog.rejected(self.client, addr, [], "security level check failed")
