@@ -89,9 +89,26 @@ def _use_pidfd_child_watcher() -> None:
         asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor.
+
+    The usual soft limit of 1024 would refuse a burst of a thousand
+    connections (plus queue files, hooks and listeners).
+    """
+    import resource
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as e:
+        log.info("Could not raise the open files limit: %s", e)
+
+
 def run(options: DaemonOptions, mainlog: MainLog) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit status (0, or 1 when fatal)."""
     _use_pidfd_child_watcher()
+    raise_fd_limit()
     try:
         return asyncio.run(Daemon(options, mainlog).main())
     except FatalError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 import time
@@ -649,8 +650,12 @@ class SMTPSession(SMTP):
         return Reply(250, f"2.0.0 Queued as {item_id}")
 
     async def _run_hook(self, message: bytes) -> posthook.HookOutcome:
-        path = self.ctx.config_dir.hooks / "post-data"
-        if not path.exists():
+        path = self.ctx.config_dir.post_data_hook
+        try:
+            # A plain stat on every message (the hook may appear at any time);
+            # Path.exists costs several times more per call.
+            os.stat(str(path))
+        except OSError:
             return posthook.HookOutcome()
         sender = self.mail_from or ""
         sender_domain = sender.rpartition("@")[2]
