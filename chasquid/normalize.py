@@ -9,6 +9,7 @@ Every public function raises only :class:`NormalizationError`.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 import idna
@@ -31,11 +32,18 @@ def split_addr(addr: str) -> tuple[str, str]:
     return user, domain
 
 
+_USERNAME_PROFILE = precis_i18n.get_profile("UsernameCaseMapped")
+
+
+@functools.lru_cache(maxsize=4096)
 def normalize_user(user: str) -> str:
-    """Apply the PRECIS UsernameCaseMapped profile (width map, lower case, NFC, validation)."""
-    profile = precis_i18n.get_profile("UsernameCaseMapped")
+    """Apply the PRECIS UsernameCaseMapped profile (width map, lower case, NFC, validation).
+
+    Memoized: every RCPT normalizes the same few local parts several times (existence
+    check, aliases, clean), and the profile is the costliest step of a transaction.
+    """
     try:
-        result = profile.enforce(user)
+        result = _USERNAME_PROFILE.enforce(user)
     except UnicodeError as e:
         reason = getattr(e, "reason", str(e))
         raise NormalizationError(f"invalid user name {user!r}: precis: {reason}") from None
