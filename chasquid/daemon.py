@@ -272,6 +272,13 @@ class Daemon:
         self.config_dir = ConfigDir(Path("."))
         self.data_dir = data_dir_for(config, ".")
         self.maillog = self._open_maillog(config)
+        if config.monitoring_address:
+            # The monitoring HTTP server (spec/30 §7) is a later piece of work; say so
+            # rather than leave an operator wondering why nothing listens there.
+            log.error(
+                "Monitoring address %s ignored: this version has no monitoring server yet",
+                go_quote(config.monitoring_address),
+            )
 
         self.certificates = self._load_certificates()
         self.domains = self._load_domains()

@@ -124,7 +124,7 @@ User: {USER}@{DOMAIN}
 Password: {password}
 
 Listeners: SMTP {SMTP_ADDRESS}, submission {SUBMISSION_ADDRESS} (STARTTLS),
-submission over TLS {SUBMISSION_TLS_ADDRESS}, monitoring http://{MONITORING_ADDRESS}/
+submission over TLS {SUBMISSION_TLS_ADDRESS}.
 The certificate is self-signed for {HOSTNAME}: tell your client not to verify it.
 Mail for {DOMAIN} is delivered into {final.maildir}/new/
 
@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
     print(f"User: {USER}@{DOMAIN}  Password: {password}")
     print(
         f"SMTP {SMTP_ADDRESS}, submission {SUBMISSION_ADDRESS}, "
-        f"submission+TLS {SUBMISSION_TLS_ADDRESS}, monitoring http://{MONITORING_ADDRESS}/"
+        f"submission+TLS {SUBMISSION_TLS_ADDRESS}"
     )
     sys.stdout.flush()
     return 0
