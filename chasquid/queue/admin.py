@@ -17,7 +17,7 @@ from chasquid import localrpc
 from chasquid.errors import ChasquidError
 from chasquid.localrpc import Handler, Params, RPCError, get_param
 from chasquid.queue.delivery import Delivery
-from chasquid.queue.item import QueueItem
+from chasquid.queue.item import QueueItem, rcpt_to_json
 
 #: The show view carries at most this much of the message's header block.
 MAX_HEADERS_SHOWN = 64 * 1024
@@ -62,17 +62,7 @@ def item_json(item: QueueItem, next_attempt: datetime | None, *, headers: bool) 
         "created_at": item.created_at.astimezone(UTC).isoformat(),
         "size": len(item.data),
         "next_attempt": next_attempt.astimezone(UTC).isoformat() if next_attempt else None,
-        "rcpts": [
-            {
-                "address": r.address,
-                "type": r.kind.value,
-                "status": r.status.value,
-                "last_failure_message": r.last_failure_message,
-                "original_address": r.original_address,
-                "via": list(r.via),
-            }
-            for r in item.rcpts
-        ],
+        "rcpts": [rcpt_to_json(r) for r in item.rcpts],
     }
     if headers:
         end = item.data.find(b"\n\n")

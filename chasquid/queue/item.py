@@ -97,7 +97,7 @@ class QueueItem:
             "from": self.sender,
             "to": list(self.to),
             "created_at": self.created_at.astimezone(UTC).isoformat(),
-            "rcpts": [_rcpt_to_json(r) for r in self.rcpts],
+            "rcpts": [rcpt_to_json(r) for r in self.rcpts],
         }
         # ensure_ascii keeps the header valid even for strings holding lone
         # surrogates (undecodable bytes carried through surrogateescape).
@@ -106,7 +106,8 @@ class QueueItem:
         return first + body + b"\n", self.data
 
 
-def _rcpt_to_json(r: QueuedRecipient) -> dict[str, Any]:
+def rcpt_to_json(r: QueuedRecipient) -> dict[str, Any]:
+    """The JSON form of a recipient, as stored in the item's envelope and shown by queue show."""
     return {
         "address": r.address,
         "type": r.kind.value,
