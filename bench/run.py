@@ -29,7 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -206,26 +208,30 @@ def start(
 def load_for(
     mode: str, ports: Ports, connections: int, size: int, args: argparse.Namespace
 ) -> loadgen.Load:
-    common = dict(
+    null_sender = loadgen.Load(
         host="127.0.0.1",
+        port=ports.smtp,
         connections=connections,
         messages=args.messages,
         size=size,
         rcpt=f"{USER}@{DOMAIN}",
+        sender="",
         time_limit=args.time_limit,
     )
     if mode == "null-sender":
-        return loadgen.Load(port=ports.smtp, sender="", **common)  # type: ignore[arg-type]
-    return loadgen.Load(  # type: ignore[arg-type]
+        return null_sender
+    return replace(
+        null_sender,
         port=ports.submission,
         sender=f"{USER}@{DOMAIN}",
         auth=(f"{USER}@{DOMAIN}", PASSWORD),
         starttls=True,
-        **common,
     )
 
 
-def measure(name: str, root: Path, load_fn, label: str) -> dict[str, float | str]:  # type: ignore[no-untyped-def]
+def measure(
+    name: str, root: Path, load_fn: Callable[[Ports], loadgen.Load], label: str
+) -> dict[str, float | str]:
     ports = Ports(free_port(), free_port(), free_port())
     server = start(name, root, ports)
     try:
@@ -300,7 +306,7 @@ def main() -> None:
                             measure(
                                 name,
                                 root,
-                                lambda p, m=mode, n=n, s=size: load_for(m, p, n, s, args),
+                                partial(load_for, mode, connections=n, size=size, args=args),
                                 label,
                             )
                         )

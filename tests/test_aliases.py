@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -14,6 +15,7 @@ from chasquid.aliases import (
     Recipient,
     RecipientKind,
     Resolver,
+    UserFallback,
     load_aliases,
     parse_aliases,
     parse_rhs,
@@ -43,16 +45,26 @@ def table(
     return out
 
 
+class ResolverOptions(TypedDict, total=False):
+    drops: str
+    separators: str
+    hook: Path | None
+    hook_cwd: Path | None
+    hook_timeout: float
+    fallback: UserFallback | None
+    counters: Counters | None
+
+
 def resolver(
     files: dict[str, str],
     users: dict[str, Users] | None = None,
-    **kw: object,
+    **kw: Unpack[ResolverOptions],
 ) -> Resolver:
     return Resolver(
         aliases=table(files),
         local_domains=frozenset(files) | frozenset(users or {}),
         users=users or {},
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

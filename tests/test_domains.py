@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 
@@ -13,8 +14,13 @@ from chasquid.domains import DomainsError, load_domains, reload
 from chasquid.userdb import UserDB
 
 
-def config(**kw: str) -> Config:
-    return Config(hostname="test.example", **kw)  # type: ignore[arg-type]
+class ConfigOverrides(TypedDict, total=False):
+    drop_characters: str
+    suffix_separators: str
+
+
+def config(**kw: Unpack[ConfigOverrides]) -> Config:
+    return Config(hostname="test.example", **kw)
 
 
 def add_users(directory: Path, *names: str) -> None:

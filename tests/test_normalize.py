@@ -24,7 +24,7 @@ from chasquid.normalize import (
 
 # Text that looks like addresses: letters of several scripts, controls, '@', '.', 'xn--'.
 _alphabet = st.characters(
-    exclude_categories=("Cs",),  # surrogates cannot come from a UTF-8 wire
+    exclude_categories=["Cs"],  # surrogates cannot come from a UTF-8 wire
 )
 _pieces = st.one_of(
     st.text(_alphabet, max_size=6),

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 
 import trustme
 from helpers.smtppeers import Handler, Net, raw_server, smtp_server
 
 from chasquid.courier.base import DeliveryError
-from chasquid.courier.smtp import SMTPCourier, Timeouts
-from chasquid.domaininfo import SecLevel
+from chasquid.courier.smtp import Results, SMTPCourier, Timeouts
+from chasquid.domaininfo import DomainInfoStore, SecLevel
 
 MSG = b"Subject: hi\n\nline one\n.leading dot\n..two dots\nlast"
 
@@ -26,8 +27,22 @@ def one_mx(net: Net, domain: str = "dest.test", address: str = "127.0.0.2") -> s
     return host
 
 
-async def deliver(courier: SMTPCourier, rcpts: list[str], sender: str = "a@src.test", **kw: object):  # type: ignore[no-untyped-def]
-    return await courier.deliver_many(sender, rcpts, MSG, **kw)  # type: ignore[arg-type]
+def outgoing_level(info: DomainInfoStore, domain: str) -> SecLevel:
+    record = info.get(domain)
+    assert record is not None, f"no domain info recorded for {domain}"
+    return record.outgoing
+
+
+def error_of(result: Results, rcpt: str) -> DeliveryError:
+    error = result[rcpt]
+    assert error is not None, f"{rcpt} was delivered"
+    return error
+
+
+async def deliver(
+    courier: SMTPCourier, rcpts: list[str], sender: str = "a@src.test", *, via: Sequence[str] = ()
+) -> Results:
+    return await courier.deliver_many(sender, rcpts, MSG, via=via)
 
 
 def test_secure_delivery_records_level_and_sends_crlf_dot_stuffed_data(net: Net) -> None:
@@ -47,7 +62,7 @@ def test_secure_delivery_records_level_and_sends_crlf_dot_stuffed_data(net: Net)
     assert msg.rcpt_tos == ["b@dest.test"]
     assert msg.content == b"Subject: hi\r\n\r\nline one\r\n.leading dot\r\n..two dots\r\nlast\r\n"
     assert "BODY=8BITMIME" in msg.mail_options
-    assert info.get("dest.test").outgoing == SecLevel.TLS_SECURE  # type: ignore[union-attr]
+    assert outgoing_level(info, "dest.test") == SecLevel.TLS_SECURE
     assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:secure") == 1
     assert net.counters.get("chasquid/smtpOut/securityLevelChecks", "pass") == 1
 
@@ -149,9 +164,9 @@ def test_nxdomain_and_null_mx_fail_permanently_servfail_temporarily(net: Net) ->
     result = asyncio.run(
         deliver(net.courier(), ["a@nowhere.test", "b@nullmx.test", "c@broken.test"])
     )
-    assert result["a@nowhere.test"].permanent  # type: ignore[union-attr]
-    assert result["b@nullmx.test"].permanent  # type: ignore[union-attr]
-    assert not result["c@broken.test"].permanent  # type: ignore[union-attr]
+    assert error_of(result, "a@nowhere.test").permanent
+    assert error_of(result, "b@nullmx.test").permanent
+    assert not error_of(result, "c@broken.test").permanent
     for err in result.values():
         assert err is not None and err.message.startswith("Could not find mail server: ")
 
@@ -170,7 +185,7 @@ def test_untrusted_certificate_is_tls_insecure(net: Net) -> None:
 
     h = asyncio.run(run())
     assert [m.tls for m in h.received] == [True]
-    assert info.get("dest.test").outgoing == SecLevel.TLS_INSECURE  # type: ignore[union-attr]
+    assert outgoing_level(info, "dest.test") == SecLevel.TLS_INSECURE
     assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:insecure") == 1
 
 
@@ -183,7 +198,7 @@ def test_certificate_for_another_name_is_tls_insecure(net: Net) -> None:
             await deliver(net.courier(domaininfo=info), ["x@dest.test"])
 
     asyncio.run(run())
-    assert info.get("dest.test").outgoing == SecLevel.TLS_INSECURE  # type: ignore[union-attr]
+    assert outgoing_level(info, "dest.test") == SecLevel.TLS_INSECURE
 
 
 def test_downgrade_refused_after_secure_delivery_until_cleared(net: Net) -> None:
@@ -382,7 +397,11 @@ async def _bad_greeting(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
     await writer.drain()
 
 
-def _hostile(net: Net, peer, expect: str) -> None:  # type: ignore[no-untyped-def]
+def _hostile(
+    net: Net,
+    peer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    expect: str,
+) -> None:
     one_mx(net)
     timeouts = Timeouts(dial=2, reply=1, handshake=2, session=5)
 

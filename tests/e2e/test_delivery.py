@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.daemon import Daemon, Setup, start
+from helpers.daemon import DaemonFactory, Setup, start
 
 MESSAGE = b"From: user@testserver\r\nSubject: hello there\r\n\r\nFirst line.\r\n\r\n.dot line\r\n"
 
@@ -74,9 +74,7 @@ def queue_files(setup: Setup) -> list[Path]:
     return [p for p in setup.queue_dir.iterdir() if p.name.startswith("m:")]
 
 
-def test_maildir_pipe_and_catch_all(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
-) -> None:
+def test_maildir_pipe_and_catch_all(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     s.set_mda(maildir_mda(s))
     piped = s.root / "piped"
@@ -112,7 +110,7 @@ def test_maildir_pipe_and_catch_all(
 
 
 def test_queue_list_show_flush_remove(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
+    chasquid_setup: Setup, chasquid_daemon: DaemonFactory
 ) -> None:
     s = chasquid_setup
     # Temporary failures until "ok" exists; then deliver to the maildir.

@@ -5,23 +5,22 @@ from __future__ import annotations
 import smtplib
 import ssl
 import time
-from collections.abc import Callable
 
 from aiosmtpd.controller import Controller
-from helpers.daemon import Daemon, Setup
-from helpers.dns import dns_server
+from helpers.daemon import DaemonFactory, Setup
+from helpers.dns import Zone, dns_server
 from helpers.smtppeers import Handler, shared_port
 
 
 def test_remote_recipients_of_one_domain_go_in_one_secure_transaction(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
+    chasquid_setup: Setup, chasquid_daemon: DaemonFactory
 ) -> None:
     setup = chasquid_setup
     port = shared_port()
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     setup.ca.issue_cert("mx.remote.test").configure_cert(tls)
     handler = Handler()
-    zone = {
+    zone: Zone = {
         "remote.test": {"MX": [(10, "mx.remote.test.")]},
         "mx.remote.test": {"A": ["127.0.0.2"]},
     }

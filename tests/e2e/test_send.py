@@ -5,11 +5,10 @@ from __future__ import annotations
 import signal
 import smtplib
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.daemon import Daemon, Setup, require_program, start
+from helpers.daemon import DaemonFactory, Setup, require_program, start
 
 MESSAGE = b"From: user@testserver\r\nTo: someone@testserver\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -21,7 +20,7 @@ def queued(setup: Setup) -> list[Path]:
     return sorted(p for p in setup.queue_dir.iterdir() if p.name.startswith("m:"))
 
 
-def test_smtp_port_starttls(chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]) -> None:
+def test_smtp_port_starttls(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     d = chasquid_daemon()
     with smtplib.SMTP("127.0.0.1", s.smtp_port, timeout=30) as c:
@@ -37,7 +36,7 @@ def test_smtp_port_starttls(chasquid_setup: Setup, chasquid_daemon: Callable[...
 
 
 def test_submission_requires_auth_and_relays(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
+    chasquid_setup: Setup, chasquid_daemon: DaemonFactory
 ) -> None:
     s = chasquid_setup
     d = chasquid_daemon()
@@ -52,7 +51,7 @@ def test_submission_requires_auth_and_relays(
     d.wait_for_log(rf"auth succeeded for {s.user_addr}$", mail_log=True)
 
 
-def test_submission_over_tls(chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]) -> None:
+def test_submission_over_tls(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     chasquid_daemon()
     with smtplib.SMTP_SSL(
@@ -91,7 +90,7 @@ def _msmtp(setup: Setup, port: int, tls_mode: str, rcpt: str, auth: bool) -> Non
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
 
 
-def test_msmtp_all_ports(chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]) -> None:
+def test_msmtp_all_ports(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     chasquid_daemon()
     _msmtp(s, s.smtp_port, "starttls", s.user_addr, auth=False)
@@ -124,7 +123,7 @@ def _swaks(setup: Setup, port: int, *extra: str) -> str:
     return proc.stdout
 
 
-def test_swaks_all_ports(chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]) -> None:
+def test_swaks_all_ports(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     chasquid_daemon()
     auth = ["--auth", "PLAIN", "--auth-user", s.user_addr, "--auth-password", s.password]

@@ -8,11 +8,10 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
 
 import pytest
 import trustme
-from helpers.daemon import Daemon, Setup, messages
+from helpers.daemon import DaemonFactory, Setup, messages
 
 MESSAGE = b"Subject: hi\r\n\r\nHello.\r\n"
 
@@ -29,7 +28,7 @@ def _login(setup: Setup, user: str, password: str) -> bool:
 
 
 def test_sighup_picks_up_new_user_and_survives_broken_file(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
+    chasquid_setup: Setup, chasquid_daemon: DaemonFactory
 ) -> None:
     s = chasquid_setup
     d = chasquid_daemon()
@@ -56,7 +55,7 @@ def test_sighup_picks_up_new_user_and_survives_broken_file(
     assert _login(s, s.user_addr, s.password)
 
 
-def test_periodic_reload(chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]) -> None:
+def test_periodic_reload(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     d = chasquid_daemon("--testing__reload_every=300ms")
     s.add_user("later", "laterpassword")
@@ -74,7 +73,7 @@ def test_periodic_reload(chasquid_setup: Setup, chasquid_daemon: Callable[..., D
     ("sig", "name"), [(signal.SIGTERM, "terminated"), (signal.SIGINT, "interrupt")]
 )
 def test_exit_signal_finishes_transaction_in_flight(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon], sig: int, name: str
+    chasquid_setup: Setup, chasquid_daemon: DaemonFactory, sig: int, name: str
 ) -> None:
     s = chasquid_setup
     d = chasquid_daemon()
@@ -110,9 +109,7 @@ def test_exit_signal_finishes_transaction_in_flight(
     assert b"second half" in items[0].read_bytes()
 
 
-def test_sighup_reloads_certificates(
-    chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]
-) -> None:
+def test_sighup_reloads_certificates(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     d = chasquid_daemon()
     new_ca = trustme.CA()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.daemon import Daemon, Setup, messages, run_to_exit
+from helpers.daemon import DaemonFactory, Setup, messages, run_to_exit
 
 
-def test_startup_log_lines(chasquid_setup: Setup, chasquid_daemon: Callable[..., Daemon]) -> None:
+def test_startup_log_lines(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
     d = chasquid_daemon()
     log = d.log_text()

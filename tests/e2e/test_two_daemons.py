@@ -9,6 +9,7 @@ attacker downgrading the connection.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -212,7 +213,8 @@ def test_unroutable_and_refused_recipients_get_their_result_and_one_dsn(net: Mai
         assert dsn.diagnostic(r) == " ".join(errors[r].split()) or r == "x@noaddr.test"
         assert f"  - {r}" in dsn.text
     assert "Could not dial" in dsn.diagnostic("x@noaddr.test")
-    original = list(dsn.message.iter_parts())[2].get_payload()[0]
+    original = list(dsn.message.iter_parts())[2].get_payload(0)
+    assert isinstance(original, Message)
     assert original["Subject"] == "to everywhere"
     wait_until(lambda: a.queue() == [], what="A's queue to empty")
 

@@ -19,9 +19,10 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypedDict, Unpack
 
 import pytest
 import trustme
@@ -248,6 +249,22 @@ class Daemon:
         return self.proc.wait(timeout=10)
 
 
+class StartOptions(TypedDict, total=False):
+    """The keyword options of `start`, for factories that pass them on."""
+
+    wait: bool
+    env: dict[str, str] | None
+    command: Sequence[str] | None
+    pass_fds: Sequence[int]
+    listeners: int
+
+
+class DaemonFactory(Protocol):
+    """What the chasquid_daemon fixture gives: start a daemon with extra flags and options."""
+
+    def __call__(self, *args: str, **kwargs: Unpack[StartOptions]) -> Daemon: ...
+
+
 def start(
     setup: Setup,
     args: Sequence[str] = (),
@@ -306,12 +323,12 @@ def chasquid_setup(tmp_path: Path) -> Setup:
 
 
 @pytest.fixture
-def chasquid_daemon(chasquid_setup: Setup) -> Iterator[Callable[..., Daemon]]:
+def chasquid_daemon(chasquid_setup: Setup) -> Iterator[DaemonFactory]:
     """Factory starting chasquid on ``chasquid_setup``; every daemon is stopped afterwards."""
     started: list[Daemon] = []
 
-    def factory(*args: str, **kwargs: object) -> Daemon:
-        d = start(chasquid_setup, args, **kwargs)  # type: ignore[arg-type]
+    def factory(*args: str, **kwargs: Unpack[StartOptions]) -> Daemon:
+        d = start(chasquid_setup, args, **kwargs)
         started.append(d)
         return d
 

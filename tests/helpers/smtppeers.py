@@ -189,7 +189,7 @@ async def raw_server(
     async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        tasks.add(task)  # type: ignore[arg-type]
+        tasks.add(task)
         try:
             await serve(reader, writer)
         except (OSError, asyncio.IncompleteReadError):

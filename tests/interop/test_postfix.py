@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from helpers.daemon import Daemon, Setup, free_port
+from helpers.daemon import Daemon, DaemonFactory, Setup, free_port
 from helpers.dns import dns_server
 from helpers.postfix import Postfix
 
@@ -236,7 +236,7 @@ def wait_for_remote_delivery(pf: Postfix, daemon: Daemon, timeout: float = 45.0)
 def test_daemon_delivers_to_postfix_over_verified_starttls(
     postfix_factory: Callable[..., Postfix],
     chasquid_setup: Setup,
-    chasquid_daemon: Callable[..., Daemon],
+    chasquid_daemon: DaemonFactory,
 ) -> None:
     setup = chasquid_setup
     # One CA for both: Postfix's certificate verifies against SSL_CERT_FILE.
@@ -278,7 +278,7 @@ def test_daemon_delivers_to_postfix_over_verified_starttls(
 def test_postfix_delivers_to_daemon_over_verified_starttls(
     postfix_factory: Callable[..., Postfix],
     chasquid_setup: Setup,
-    chasquid_daemon: Callable[..., Daemon],
+    chasquid_daemon: DaemonFactory,
 ) -> None:
     setup = chasquid_setup
     maildir_root = setup.root / "maildirs"

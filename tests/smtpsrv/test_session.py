@@ -100,7 +100,9 @@ def test_starttls_twice_and_quit(srv: Running, conn: RawClient) -> None:
     assert conn.closed()
 
 
-def test_error_limit_421_after_two_errors(conn: RawClient, srv: Running, caplog) -> None:
+def test_error_limit_421_after_two_errors(
+    conn: RawClient, srv: Running, caplog: pytest.LogCaptureFixture
+) -> None:
     assert conn.cmd("VRFY a").startswith("502")
     assert conn.cmd("XYZZY").startswith("500 5.5.1")
     assert conn.cmd("EXPN a").startswith("421 4.5.0")
@@ -286,7 +288,9 @@ def test_auth_334_challenge_and_already_authenticated(srv: Running, conn: RawCli
     assert reply.startswith("250")
 
 
-def test_auth_failure_logged_with_fail2ban_line(srv: Running, conn: RawClient, caplog) -> None:
+def test_auth_failure_logged_with_fail2ban_line(
+    srv: Running, conn: RawClient, caplog: pytest.LogCaptureFixture
+) -> None:
     starttls(conn, srv)
     conn.cmd("AUTH PLAIN " + plain("user@example.com", "bad"))
     assert "auth failed for user@example.com" in srv.maillog_text()
@@ -298,7 +302,9 @@ def test_auth_failure_logged_with_fail2ban_line(srv: Running, conn: RawClient, c
 
 def test_sni_chooses_certificate_and_hostname(srv: Running, conn: RawClient) -> None:
     starttls(conn, srv, sni="host.wild.test")
-    cert = conn.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+    assert isinstance(conn.sock, ssl.SSLSocket)
+    cert = conn.sock.getpeercert(binary_form=True)
+    assert cert is not None
     from cryptography import x509
 
     names = (
