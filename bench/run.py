@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import hashlib
 import os
 import resource
@@ -65,36 +64,14 @@ def free_port() -> int:
 
 
 def self_signed(certs: Path) -> None:
-    """A self-signed certificate for localhost, made with cryptography."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    """A self-signed certificate for localhost, in certbot's layout."""
+    from chasquid.selfsigned import self_signed as make_pair
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    pair = make_pair(["localhost"])
     d = certs / "localhost"
     d.mkdir(parents=True)
-    (d / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "privkey.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (d / "fullchain.pem").write_bytes(pair.fullchain_pem)
+    (d / "privkey.pem").write_bytes(pair.privkey_pem)
 
 
 def legacy_users_file() -> str:
