@@ -36,19 +36,46 @@ def atomic_write_parts(
     Lets callers put a small header before a large body without first
     concatenating them (a copy of the body).
     """
+    write_synced_and_rename(path, parts, mode)
+    fsync_dir(Path(path).parent)
+
+
+def write_synced_and_rename(
+    path: str | os.PathLike[str], parts: Iterable[bytes], mode: int = 0o600
+) -> None:
+    """atomic_write_parts without the final directory fsync.
+
+    For callers that rename several files and then fsync their common
+    directory once; until that fsync the renames may not survive a crash.
+    """
     target = Path(path)
     directory = target.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            if mode != 0o600:  # mkstemp's own mode
+                os.fchmod(fd, mode)
+            _write_all(fd, parts)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+
+
+def _write_all(fd: int, parts: Iterable[bytes]) -> None:
+    # One writev for all the parts (a header and a body) instead of a
+    # buffered file object's copies; a short write continues where it stopped.
+    pending = [memoryview(p) for p in parts if p]
+    while pending:
+        n = os.writev(fd, pending[:1024])  # IOV_MAX
+        while n and pending:
+            if n >= len(pending[0]):
+                n -= len(pending[0])
+                pending.pop(0)
+            else:
+                pending[0] = pending[0][n:]
+                n = 0

@@ -27,6 +27,7 @@ from chasquid.queue import (
     new_id,
 )
 from chasquid.queue.item import EPOCH, QueueFormatError, read_item
+from chasquid.queue.store import QueueStoreError, StoreOp
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 
@@ -405,3 +406,63 @@ def test_put_with_the_real_alias_resolver(tmp_path: Path) -> None:
     with pytest.raises(QueueError) as exc:
         asyncio.run(queue.put("f@x.org", ["roto@testserver"], b"m\n"))
     assert str(exc.value) == 'error resolving aliases for "roto@testserver": exit status 1'
+
+
+def test_concurrent_puts_and_removes_all_land_on_disk(tmp_path: Path) -> None:
+    queue, counters = make_queue(tmp_path)
+
+    async def run() -> None:
+        first = await queue.put("f@x.org", ["a@example.com"], b"0\n")
+        # Puts issued together are written as one group (one directory fsync);
+        # each still returns only once its own file is in place.
+        ids = await asyncio.gather(
+            *(queue.put("f@x.org", ["a@example.com"], b"%d\n" % n) for n in range(1, 40)),
+            queue.remove(first),
+        )
+        new_ids = [i for i in ids if i is not None]
+        assert len(set(new_ids)) == 39
+        on_disk = {item.id: item.data for item in QueueStore(tmp_path / "queue").load()}
+        assert set(on_disk) == set(new_ids)
+        assert sorted(on_disk.values()) == sorted(b"%d\n" % n for n in range(1, 40))
+        assert counters.get("chasquid/queue/itemsWritten") == 40
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_put_is_still_written(tmp_path: Path) -> None:
+    queue, _ = make_queue(tmp_path)
+
+    async def run() -> None:
+        task = asyncio.create_task(queue.put("f@x.org", ["a@example.com"], b"late\n"))
+        other = asyncio.create_task(queue.put("f@x.org", ["a@example.com"], b"other\n"))
+        await asyncio.sleep(0)
+        task.cancel()
+        other_id = await other
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        datas = sorted(item.data for item in QueueStore(tmp_path / "queue").load())
+        assert datas == [b"late\n", b"other\n"]
+        assert queue.get(other_id) is not None
+
+    asyncio.run(run())
+
+
+def test_store_apply_reports_each_change_separately(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "queue")
+    store.ensure()
+    item = QueueItem(
+        id="abc",
+        sender="f@x.org",
+        to=("a@example.com",),
+        rcpts=(),
+        data=b"1\n",
+        created_at=datetime.now(UTC),
+    )
+    # A directory in place of a file: its removal fails, the write next to it does not.
+    (tmp_path / "queue" / "m:stuck").mkdir()
+    (tmp_path / "queue" / "m:stuck" / "x").write_text("x")
+    results = store.apply([StoreOp(item_id="stuck"), StoreOp(item=item), StoreOp(item_id="gone")])
+    assert isinstance(results[0], QueueStoreError)
+    assert "m:stuck" in str(results[0])
+    assert results[1:] == [None, None]
+    assert [i.id for i in QueueStore(tmp_path / "queue").load()] == ["abc"]

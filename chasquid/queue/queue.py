@@ -17,7 +17,7 @@ from chasquid.errors import ChasquidError
 from chasquid.metrics import Counters
 from chasquid.queue.ids import new_id
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
-from chasquid.queue.store import QueueStore, QueueStoreError
+from chasquid.queue.store import QueueStore, QueueStoreError, StoreOp
 
 log = logging.getLogger("chasquid.queue")
 
@@ -75,6 +75,10 @@ class Queue:
         self.on_new_item = on_new_item
         self._resolver_getter = resolver_getter
         self._items: dict[str, QueueItem] = {}
+        # Group commit: changes asked for while the store is busy wait here and
+        # go to disk together, in one worker-thread call with one directory fsync.
+        self._ops: list[tuple[StoreOp, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -168,14 +172,44 @@ class Queue:
         """Forget an item and delete its file (a deletion error is only logged)."""
         self._items.pop(item_id, None)
         try:
-            await asyncio.to_thread(self.store.remove, item_id)
+            await self._submit(StoreOp(item_id=item_id))
         except QueueStoreError as e:
             log.error("%s: failed to remove queue file: %s", item_id, e)
 
     async def _write(self, item: QueueItem) -> None:
-        # fsync may take a long time: it must not stall the event loop.
-        await asyncio.to_thread(self.store.write, item)
+        await self._submit(StoreOp(item=item))
         self.counters.inc(ITEMS_WRITTEN)
+
+    async def _submit(self, op: StoreOp) -> None:
+        """Hand a change to the flusher; return when it is on disk (raise its error)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ops.append((op, fut))
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        # A cancelled caller cancels only its wait: the op stays in its batch.
+        await fut
+
+    async def _flush(self) -> None:
+        try:
+            while self._ops:
+                batch, self._ops = self._ops, []
+                try:
+                    # fsync may take a long time: it must not stall the event loop.
+                    results = await asyncio.to_thread(self.store.apply, [op for op, _ in batch])
+                except BaseException as e:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(QueueStoreError(f"queue write failed: {e}"))
+                    raise
+                for (_, fut), error in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if error is None:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(error)
+        finally:
+            self._flusher = None
 
     def _register(self, item: QueueItem) -> None:
         self._items[item.id] = item

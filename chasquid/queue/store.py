@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.errors import ChasquidError
-from chasquid.fileio import atomic_write_parts
+from chasquid.fileio import atomic_write_parts, fsync_dir, write_synced_and_rename
 from chasquid.queue.item import QueueFormatError, QueueItem, read_item
 
 log = logging.getLogger("chasquid.queue")
@@ -17,6 +19,14 @@ FILE_PREFIX = "m:"
 
 class QueueStoreError(ChasquidError):
     """The queue directory or one of its files could not be written or removed."""
+
+
+@dataclass(frozen=True)
+class StoreOp:
+    """One queued change for QueueStore.apply: write ``item``, or remove ``item_id``."""
+
+    item: QueueItem | None = None
+    item_id: str = ""
 
 
 class QueueStore:
@@ -47,6 +57,39 @@ class QueueStore:
             atomic_write_parts(self.path(item.id), item.encode(), 0o600)
         except OSError as e:
             raise QueueStoreError(f"{self.path(item.id)}: {e.strerror or e}") from None
+
+    def apply(self, ops: Sequence[StoreOp]) -> list[QueueStoreError | None]:
+        """Apply changes in order with one directory fsync for all the writes.
+
+        Returns one entry per op: None if it succeeded, else its error. A write
+        reported as succeeded is as durable as one done by ``write``: its file
+        was fsynced and renamed, and the directory fsynced after the rename.
+        """
+        results: list[QueueStoreError | None] = []
+        written: list[tuple[int, Path]] = []
+        for n, op in enumerate(ops):
+            if op.item is None:
+                try:
+                    self.remove(op.item_id)
+                    results.append(None)
+                except QueueStoreError as e:
+                    results.append(e)
+                continue
+            path = self.path(op.item.id)
+            try:
+                write_synced_and_rename(path, op.item.encode(), 0o600)
+            except OSError as e:
+                results.append(QueueStoreError(f"{path}: {e.strerror or e}"))
+                continue
+            results.append(None)
+            written.append((n, path))
+        if written:
+            try:
+                fsync_dir(self.directory)
+            except OSError as e:
+                for n, path in written:
+                    results[n] = QueueStoreError(f"{path}: {e.strerror or e}")
+        return results
 
     def remove(self, item_id: str) -> None:
         """Delete the item's file; a file already gone is not an error."""
