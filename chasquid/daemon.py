@@ -516,7 +516,7 @@ class Daemon:
         async with self._reload_lock:
             if full:
                 self._reopen_logs()
-                await self._reload_domaininfo()
+                self._reload_domaininfo()
                 await self._reload_certificates()
             await self._reload_domains()
 
@@ -531,11 +531,14 @@ class Daemon:
             except ChasquidError as e:
                 log.error("Error reopening maillog: %s", e)
 
-    async def _reload_domaininfo(self) -> None:
+    def _reload_domaininfo(self) -> None:
         if self.domaininfo is None:
             return
+        # On the loop: a reload in a thread could swap in a table that misses a
+        # record a session created meanwhile, which the next check would then
+        # rewrite at a lower level. The files are few and small.
         try:
-            await asyncio.to_thread(self.domaininfo.reload)
+            self.domaininfo.reload()
         except ChasquidError as e:
             log.error("Error reloading domain info: %s", e)
 

@@ -223,7 +223,9 @@ def standard_handlers(
 
     async def domaininfo_clear(params: Params) -> Params:
         domain = get_param(params, "Domain")
-        await asyncio.to_thread(domaininfo.clear, domain)
+        # On the loop, not in a thread: the store is not thread-safe, and a clear
+        # racing a session's level check could write back a stale level.
+        domaininfo.clear(domain)
         return []
 
     return {"AliasResolve": alias_resolve, "DomaininfoClear": domaininfo_clear}
