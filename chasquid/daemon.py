@@ -25,7 +25,6 @@ from chasquid.errors import ChasquidError
 from chasquid.gofmt import format_duration, go_list, go_quote
 from chasquid.listeners import (
     MODES,
-    EmptyAddressError,
     Listener,
     ListenError,
     ModeInfo,
@@ -137,8 +136,8 @@ def log_config(config: Config) -> None:
         f"  MDA: {go_quote(config.mail_delivery_agent_bin)} "
         f"{go_list(config.mail_delivery_agent_args)}",
         f"  Data directory: {go_quote(config.data_dir)}",
-        f"  Suffix separators: {_optional_quote(config.suffix_separators)}",
-        f"  Drop characters: {_optional_quote(config.drop_characters)}",
+        f"  Suffix separators: {go_quote(config.suffix_separators)}",
+        f"  Drop characters: {go_quote(config.drop_characters)}",
         f"  Mail log: {go_quote(config.mail_log_path)}",
         f"  Dovecot auth: {_go_bool(config.dovecot_auth)} "
         f"({go_quote(config.dovecot_userdb_path)}, {go_quote(config.dovecot_client_path)})",
@@ -148,10 +147,6 @@ def log_config(config: Config) -> None:
     ]
     for line in lines:
         log.info("%s", line)
-
-
-def _optional_quote(value: str | None) -> str:
-    return "nil" if value is None else go_quote(value)
 
 
 def _go_bool(value: bool) -> str:
@@ -464,8 +459,6 @@ class Daemon:
                 continue
             try:
                 sock = bind_tcp(lst.address)
-            except EmptyAddressError:
-                raise
             except ListenError as e:
                 raise FatalError(f"Error listening: {e}") from None
             bound.append(Listener(lst.mode, lst.address, sock, via_systemd=False))
