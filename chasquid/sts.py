@@ -352,9 +352,9 @@ class StsCache:
                 port=self._port,
                 timeout=timeout,
             )
-        except StsError as e:
+        except StsError:
             self._inc("failedFetch")
-            raise e
+            raise
 
     async def get(self, domain: str) -> Policy | None:
         """The valid policy of domain from the cache or fetched now, or None (no policy)."""
@@ -367,7 +367,8 @@ class StsCache:
         except StsError as e:
             log.debug("no MTA-STS policy for %s: %s", domain, e)
             return None
-        self._store(domain, policy)
+        # atomic_write fsyncs: in a thread so the daemon's loop does not wait on the disk.
+        await asyncio.to_thread(self._store, domain, policy)
         return policy
 
     def domains(self) -> list[str]:
@@ -391,7 +392,7 @@ class StsCache:
                 log.info("STS refresh of %s failed: %s", domain, e)
                 continue
             self._inc("refreshes")
-            self._store(domain, policy)
+            await asyncio.to_thread(self._store, domain, policy)
 
     async def refresh_loop(self, interval: float = REFRESH_INTERVAL) -> None:
         """Refresh now and then every interval seconds, until cancelled."""
