@@ -223,15 +223,37 @@ class Resolver:
     fallback: UserFallback | None = None
     counters: Counters | None = field(default=None, compare=False)
 
+    _hook_path: str = field(default="", init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         # Freeze the caller's dicts so the snapshot cannot change under a session.
         object.__setattr__(self, "aliases", MappingProxyType(dict(self.aliases)))
         object.__setattr__(self, "users", MappingProxyType(dict(self.users)))
+        object.__setattr__(self, "_hook_path", "" if self.hook is None else str(self.hook))
+
+    def hook_present(self) -> bool:
+        """Whether the alias-resolve hook may run now (one stat: it may come and go).
+
+        A stat failing for another reason than absence counts as present, so
+        that running it reports the error.
+        """
+        if not self._hook_path:
+            return False
+        try:
+            os.stat(self._hook_path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def is_local(self, addr: str) -> bool:
         """True if addr's domain is empty or one of the local domains."""
         _, domain = split_addr(addr)
         return not domain or domain in self.local_domains
+
+    def _count_no_hook(self) -> None:
+        self._count("notset" if self.hook is None else "skip")
 
     def _count(self, result: str) -> None:
         if self.counters is not None:
@@ -264,9 +286,19 @@ class Resolver:
     def _key(self, addr: str) -> str:
         return remove_drops(addr, self.drops, self.separators)
 
-    async def lookup(self, addr: str) -> tuple[Recipient, ...]:
-        """The file entries for addr's key followed by the hook's entries for addr."""
-        return self.aliases.get(self._key(addr), ()) + await self._run_hook(addr)
+    async def lookup(self, addr: str, *, hook: bool | None = None) -> tuple[Recipient, ...]:
+        """The file entries for addr's key followed by the hook's entries for addr.
+
+        hook says whether the hook exists when the caller has just checked it
+        (hook_present) for several look-ups in a row; None checks now.
+        """
+        entries = self.aliases.get(self._key(addr), ()) if self.aliases else ()
+        if hook is None:
+            hook = self.hook_present()
+        if not hook:
+            self._count_no_hook()
+            return entries
+        return entries + await self._run_hook(addr)
 
     async def _user_exists(self, user: str, domain: str) -> bool:
         store = self.users.get(domain)
@@ -287,11 +319,17 @@ class Resolver:
         if domain not in self.local_domains:
             return [Recipient(addr)]
 
+        hook = self.hook_present()
         looked_up = addr
-        entries = await self.lookup(addr)
+        entries = await self.lookup(addr, hook=hook)
         if not entries:
             looked_up = clean(addr, self.drops, self.separators)
-            entries = await self.lookup(looked_up)
+            if looked_up != addr or hook:
+                entries = await self.lookup(looked_up, hook=hook)
+            else:
+                # Without a hook the same address cannot give another answer;
+                # the counters still see one look-up per step.
+                self._count_no_hook()
         from_catchall = False
         if not entries:
             cleaned_user, _ = split_addr(looked_up)
@@ -301,7 +339,7 @@ class Resolver:
                 cleaned_user != user and await self._exists_backend(cleaned_user, domain)
             ):
                 return [Recipient(looked_up)]
-            entries = await self.lookup(f"*@{domain}")
+            entries = await self.lookup(f"*@{domain}", hook=hook)
             if not entries:
                 return [Recipient(looked_up)]
             from_catchall = True
@@ -339,9 +377,15 @@ class Resolver:
         Hook failures count as "no alias" here.
         """
         _, domain = split_addr(addr)
-        for candidate in (addr, clean(addr, self.drops, self.separators), f"*@{domain}"):
+        # One existence check of the hook for the three look-ups of one RCPT.
+        hook = self.hook_present()
+        cleaned = clean(addr, self.drops, self.separators)
+        for candidate in (addr, cleaned, f"*@{domain}"):
+            if candidate is cleaned and cleaned == addr and not hook:
+                self._count_no_hook()  # the same file look-up again: it cannot differ
+                continue
             try:
-                if await self.lookup(candidate):
+                if await self.lookup(candidate, hook=hook):
                     return True
             except AliasError:
                 continue

@@ -388,6 +388,19 @@ def test_hook_result_counters(tmp_path: Path) -> None:
     assert counters.get(name, "resolve:fail") == 1
 
 
+def test_hook_appearing_or_vanishing_is_seen_at_the_next_lookup(tmp_path: Path) -> None:
+    missing = tmp_path / "hooks" / "alias-resolve"
+    r = resolver({"dom": ""}, hook=missing, hook_cwd=tmp_path)
+    assert asyncio.run(r.check_recipient("whoever@dom")) is RcptStatus.UNKNOWN
+    assert resolve(r, "whoever@dom") == emails("whoever@dom")
+    hook(tmp_path, 'if [ "$1" = "whoever@dom" ]; then echo w@remote; fi\n')
+    assert asyncio.run(r.check_recipient("whoever@dom")) is RcptStatus.ACCEPT
+    assert resolve(r, "whoever@dom") == emails("w@remote")
+    missing.unlink()
+    assert asyncio.run(r.check_recipient("whoever@dom")) is RcptStatus.UNKNOWN
+    assert resolve(r, "whoever@dom") == emails("whoever@dom")
+
+
 def test_hook_makes_recipient_exist(tmp_path: Path) -> None:
     h = hook(tmp_path, 'if [ "$1" = "*@dom" ]; then echo all@remote; fi\n')
     r = resolver({"dom": ""}, hook=h, hook_cwd=tmp_path)
