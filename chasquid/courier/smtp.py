@@ -193,6 +193,10 @@ def wire_address(addr: str, smtputf8: bool) -> tuple[str, bool]:
     """
     if addr in ("", "<>"):
         return "", False
+    if "\r" in addr or "\n" in addr:
+        # An address from an alias file or a hook's output must not add commands
+        # of its own to the session.
+        raise DeliveryError.permanent_error("MAIL+RCPT 501 address contains a line break")
     if addr.isascii():
         return addr, False
     if smtputf8:

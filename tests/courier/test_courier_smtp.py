@@ -313,6 +313,22 @@ def test_without_smtputf8_domains_go_ascii_and_local_parts_fail(net: Net) -> Non
     assert "SMTPUTF8" not in msg.mail_options
 
 
+def test_line_break_in_an_address_is_never_sent(net: Net) -> None:
+    one_mx(net)
+    sneaky = "b>\r\nRCPT TO:<evil@dest.test"
+
+    async def run() -> tuple[Results, Handler]:
+        async with smtp_server("127.0.0.2", net.port) as h:
+            return await deliver(net.courier(), [sneaky, "c@dest.test"]), h
+
+    result, h = asyncio.run(run())
+    assert error_of(result, sneaky).permanent
+    assert "line break" in error_of(result, sneaky).message
+    assert result["c@dest.test"] is None
+    [msg] = h.received
+    assert msg.rcpt_tos == ["c@dest.test"]
+
+
 def test_message_over_advertised_size_fails_permanently(net: Net) -> None:
     one_mx(net)
 
