@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,9 @@ def render_conf(settings: InitSettings) -> str:
 
 def check_hostname(hostname: str) -> str:
     """Validate the host name given to init."""
-    if not hostname or any(c.isspace() for c in hostname) or "/" in hostname:
+    # The name also becomes certs/<hostname>/, so it must be a plain directory name.
+    bad = not hostname or hostname.startswith(".") or "/" in hostname or "\0" in hostname
+    if bad or any(c.isspace() for c in hostname):
         raise UtilError(f'Invalid host name "{hostname}": give a name such as mx.example.com')
     return hostname
 
@@ -64,18 +67,38 @@ def init_config_dir(root: Path, settings: InitSettings) -> list[Path]:
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise UtilError(f'"{root}" already exists and is not empty; init never overwrites files')
     cdir = ConfigDir(root)
-    created: list[Path] = []
     pair = self_signed([settings.hostname]) if settings.self_signed_cert else None
-    root.mkdir(mode=0o755, parents=True, exist_ok=True)
-    for d in (cdir.domains, cdir.domain_dir(domain), cdir.certs, cdir.hooks):
-        d.mkdir(mode=0o755)
-        created.append(d)
-    atomic_write(cdir.conf, render_conf(settings).encode(), mode=0o644)
-    created.append(cdir.conf)
-    if pair is not None:
-        cert_dir = cdir.certs / settings.hostname
-        cert_dir.mkdir(mode=0o755)
-        atomic_write(cert_dir / "fullchain.pem", pair.fullchain_pem, mode=0o644)
-        atomic_write(cert_dir / "privkey.pem", pair.privkey_pem, mode=0o600)
-        created += [cert_dir, cert_dir / "fullchain.pem", cert_dir / "privkey.pem"]
+    made_root = not root.exists()
+    created: list[Path] = []
+    try:
+        root.mkdir(mode=0o755, parents=True, exist_ok=True)
+        for d in (cdir.domains, cdir.domain_dir(domain), cdir.certs, cdir.hooks):
+            d.mkdir(mode=0o755)
+            created.append(d)
+        atomic_write(cdir.conf, render_conf(settings).encode(), mode=0o644)
+        created.append(cdir.conf)
+        if pair is not None:
+            cert_dir = cdir.certs / settings.hostname
+            cert_dir.mkdir(mode=0o755)
+            created.append(cert_dir)
+            atomic_write(cert_dir / "fullchain.pem", pair.fullchain_pem, mode=0o644)
+            created.append(cert_dir / "fullchain.pem")
+            atomic_write(cert_dir / "privkey.pem", pair.privkey_pem, mode=0o600)
+            created.append(cert_dir / "privkey.pem")
+    except OSError as e:
+        _remove(created, root if made_root else None)
+        raise UtilError(f"Error creating {e.filename or root}: {e.strerror or e}") from None
     return created
+
+
+def _remove(created: list[Path], root: Path | None) -> None:
+    """Undo a failed init: what it made, newest first (an error must leave nothing behind)."""
+    for path in reversed(created):
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                path.rmdir()
+            else:
+                path.unlink()
+    if root is not None:
+        with contextlib.suppress(OSError):
+            root.rmdir()

@@ -85,6 +85,7 @@ def test_read_password_refuses_a_non_terminal() -> None:
     ("settings", "message"),
     [
         (InitSettings("bad host", "d.example", "/var/lib/chasquid", False), "Invalid host name"),
+        (InitSettings("..", "d.example", "/var/lib/chasquid", True), "Invalid host name"),
         (InitSettings("mx", "../x", "/var/lib/chasquid", False), "Invalid domain"),
         (InitSettings("mx", "", "/var/lib/chasquid", False), "Domain missing"),
         (InitSettings("mx", "d.example", "", False), "data directory"),
@@ -94,6 +95,14 @@ def test_init_validates_before_writing(
     tmp_path: Path, settings: InitSettings, message: str
 ) -> None:
     with pytest.raises(UtilError, match=message):
+        init_config_dir(tmp_path / "new", settings)
+    assert not (tmp_path / "new").exists()
+
+
+def test_init_failing_half_way_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    # A name too long for the file system fails after domains/ was made.
+    settings = InitSettings("mx", "a" * 300 + ".example", "/var/lib/chasquid", False)
+    with pytest.raises(UtilError, match=r"Error creating .*: File name too long"):
         init_config_dir(tmp_path / "new", settings)
     assert not (tmp_path / "new").exists()
 
