@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +138,7 @@ def add_user(target: UserTarget, password: str | None) -> bool:
         )
     except UserDBError as e:
         raise UtilError(f"Error adding user: {e}") from None
-    created = False
-    if not target.domain_dir.is_dir():
-        try:
-            os.makedirs(target.domain_dir, mode=DOMAIN_DIR_MODE, exist_ok=True)
-        except OSError as e:
-            raise UtilError(f"Error creating database dir: {e}") from None
-        created = True
-    _save(db, target.users_file)
-    return created
+    return _save_in_domain_dir(db, target.domain_dir, target.users_file)
 
 
 def remove_user(target: UserTarget) -> None:
@@ -216,13 +209,29 @@ def import_users(config_dir: Path, domain: str, source: Path | None) -> int:
         db = db.merged(imported)
     except UserDBError as e:
         raise UtilError(f"Error importing users: {e}") from None
-    if not domain_dir.is_dir():
-        try:
-            os.makedirs(domain_dir, mode=DOMAIN_DIR_MODE, exist_ok=True)
-        except OSError as e:
-            raise UtilError(f"Error creating database dir: {e}") from None
-    _save(db, target)
+    _save_in_domain_dir(db, domain_dir, target)
     return len(imported)
+
+
+def _save_in_domain_dir(db: UserDB, domain_dir: Path, path: Path) -> bool:
+    """Save db at path, creating domain_dir first if needed; return whether it was created.
+
+    A directory made here is removed again if the save fails: an error changes nothing.
+    """
+    if domain_dir.is_dir():
+        _save(db, path)
+        return False
+    try:
+        os.makedirs(domain_dir, mode=DOMAIN_DIR_MODE)
+    except OSError as e:
+        raise UtilError(f"Error creating database dir: {e}") from None
+    try:
+        _save(db, path)
+    except UtilError:
+        with contextlib.suppress(OSError):
+            domain_dir.rmdir()
+        raise
+    return True
 
 
 def _save(db: UserDB, path: Path) -> None:
