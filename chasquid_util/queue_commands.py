@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from chasquid.errors import ChasquidError
 from chasquid.gofmt import format_duration
@@ -24,6 +22,7 @@ from chasquid.queue import admin
 from chasquid.queue.admin import ItemView
 from chasquid_util.daemonrpc import socket_path
 from chasquid_util.options import common_options, current_config_dir, reporting_errors
+from chasquid_util.render import print_table
 
 
 def _socket() -> Path:
@@ -91,16 +90,17 @@ def render_plain(views: Sequence[ItemView], now: datetime) -> str:
 
 def render_table(views: Sequence[ItemView], now: datetime, stream: TextIO) -> None:
     """The queue as a rich table, for a person at a terminal."""
-    table = Table("id", "age", "from", "recipients", "last error")
-    for v in views:
-        table.add_row(
+    rows = (
+        (
             v.id,
             _age(v, now),
             v.sender,
             "\n".join(_rcpt_line(r) for r in v.rcpts),
             "\n".join(_error_text(r.last_failure_message) or "-" for r in v.rcpts),
         )
-    Console(file=stream).print(table)
+        for v in views
+    )
+    print_table(("id", "age", "from", "recipients", "last error"), rows, stream)
 
 
 def render_show(v: ItemView, now: datetime) -> str:

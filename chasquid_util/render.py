@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from chasquid_util.daemonless import Resolved
 from chasquid_util.users import UserEntry
@@ -22,10 +23,13 @@ def _json(objects: Iterable[dict[str, Any]]) -> str:
     return json.dumps(list(objects), ensure_ascii=False, indent=2)
 
 
-def _print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], stream: TextIO) -> None:
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], stream: TextIO) -> None:
+    """A rich table of plain-text cells on stream."""
     table = Table(*headers)
     for row in rows:
-        table.add_row(*row)
+        # Text, not str: rich would read "[...]" in an address or a remote server's
+        # error as markup, and a stray closing tag makes it raise.
+        table.add_row(*(Text(cell) for cell in row))
     Console(file=stream).print(table)
 
 
@@ -42,7 +46,7 @@ def resolution_plain(recipients: Sequence[Resolved]) -> str:
 def resolution_table(recipients: Sequence[Resolved], stream: TextIO) -> None:
     """aliases-resolve on a terminal."""
     rows = ((r.label, r.address, ", ".join(r.via)) for r in recipients)
-    _print_table(("type", "address", "via"), rows, stream)
+    print_table(("type", "address", "via"), rows, stream)
 
 
 def users_json(entries: Sequence[UserEntry]) -> str:
@@ -61,4 +65,4 @@ def users_plain(entries: Sequence[UserEntry]) -> str:
 def users_table(entries: Sequence[UserEntry], stream: TextIO) -> None:
     """user-list on a terminal."""
     rows = ((e.user, e.domain, "yes" if e.receive_only else "") for e in entries)
-    _print_table(("user", "domain", "receive only"), rows, stream)
+    print_table(("user", "domain", "receive only"), rows, stream)

@@ -16,10 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from chasquid_util import render
 from chasquid_util.argv import normalize_argv
+from chasquid_util.daemonless import Resolved
 from chasquid_util.errors import UtilError
 from chasquid_util.initdir import InitSettings, init_config_dir
 from chasquid_util.password import read_password
+from chasquid_util.users import UserEntry
 
 UTIL = Path(sys.executable).parent / "chasquid-util"
 
@@ -405,6 +408,20 @@ def test_import_users_in_place(tmp_path: Path) -> None:
     assert (r.returncode, r.stdout) == (0, "Imported 1 users\n"), r.stderr
     assert run(f"-C={cdir}", "authenticate", "p@example.com", "--password=pw").returncode == 0
     assert not users.read_text().startswith("users: {")
+
+
+# --- tables -----------------------------------------------------------------
+
+
+def test_tables_show_brackets_literally() -> None:
+    # Square brackets are legal in a local part; rich would take them as markup
+    # (and raise on a closing tag that matches nothing).
+    out = io.StringIO()
+    render.users_table([UserEntry("a[/x]b", "example.com"), UserEntry("[bold]c", "d.test")], out)
+    render.resolution_table([Resolved("email", "[red]e@f.test", ("[/]",))], out)
+    text = out.getvalue()
+    assert "a[/x]b" in text and "[bold]c" in text
+    assert "[red]e@f.test" in text and "[/]" in text
 
 
 # --- init -------------------------------------------------------------------
