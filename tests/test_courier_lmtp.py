@@ -18,10 +18,35 @@ from chasquid.courier.lmtp import LMTPCourier, dot_stuff, parse_address
 class Handler:
     """Per-recipient replies chosen by the local part; records what was delivered."""
 
-    def __init__(self, close_on_data: int = 0) -> None:
+    def __init__(self, close_on_data: int = 0, pipelining: bool = False) -> None:
         self.delivered: list[tuple[str, list[str], bytes, list[str]]] = []
         # Close the connection at end of data this many times before answering.
         self.close_on_data = close_on_data
+        # Offer PIPELINING in the LHLO reply (aiosmtpd handles pipelined
+        # commands but does not advertise them); Dovecot and the bench sink do.
+        self.pipelining = pipelining
+        self.rsets = 0
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
+    async def handle_RSET(self, server: Any, session: Any, envelope: Any) -> str:
+        self.rsets += 1
+        return "250 OK"
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address.startswith("nomail"):
+            return "451 4.3.0 sender refused for now"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -108,7 +133,8 @@ def run(
 ) -> None:
     async def main() -> None:
         server = Server(handler or Handler(), smtputf8)
-        await server.start(kind, sockdir)
+        server.handler.pipelining = kind.endswith("+pipelining")
+        await server.start(kind.removesuffix("+pipelining"), sockdir)
         courier = LMTPCourier(server.address, "chasquid.test", pool_size, timeout=5)
         try:
             await asyncio.wait_for(scenario(server, courier), 30)
@@ -119,7 +145,7 @@ def run(
     asyncio.run(main())
 
 
-KINDS = ["unix", "tcp"]
+KINDS = ["unix", "tcp", "unix+pipelining", "tcp+pipelining"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -183,7 +209,8 @@ def test_pool_reuses_connections(kind: str, sockdir: Path) -> None:
     run(kind, sockdir, scenario, pool_size=2)
 
 
-def test_stale_pooled_connection_is_replaced(sockdir: Path) -> None:
+@pytest.mark.parametrize("kind", ["unix", "unix+pipelining"])
+def test_stale_pooled_connection_is_replaced(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
         await courier.deliver("a@b", "u1@d", b"x\n")
         for p in server.protocols:
@@ -194,7 +221,7 @@ def test_stale_pooled_connection_is_replaced(sockdir: Path) -> None:
         assert [d[1][0] for d in server.handler.delivered] == ["u1@d", "u2@d"]
         assert len(server.protocols) == 2
 
-    run("unix", sockdir, scenario)
+    run(kind, sockdir, scenario)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -208,7 +235,8 @@ def test_server_closing_mid_way_retries_once_on_fresh_connection(kind: str, sock
     run(kind, sockdir, scenario, Handler(close_on_data=1))
 
 
-def test_server_closing_twice_is_temporary(sockdir: Path) -> None:
+@pytest.mark.parametrize("kind", ["tcp", "tcp+pipelining"])
+def test_server_closing_twice_is_temporary(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
         results = await courier.deliver_many("a@b", ["u1@d", "bad@d"], b"x\n")
         for r in ("u1@d", "bad@d"):
@@ -222,7 +250,7 @@ def test_server_closing_twice_is_temporary(sockdir: Path) -> None:
         await courier.deliver("a@b", "u3@d", b"x\n")
         assert len(server.handler.delivered) == 1
 
-    run("tcp", sockdir, scenario, Handler(close_on_data=2))
+    run(kind, sockdir, scenario, Handler(close_on_data=2))
 
 
 def test_unreachable_server_is_temporary(sockdir: Path) -> None:
@@ -271,3 +299,40 @@ def test_parse_address_and_dot_stuff() -> None:
     assert dot_stuff(b".a\nb\n.\n") == b"..a\r\nb\r\n..\r\n.\r\n"
     assert dot_stuff(b"no end") == b"no end\r\n.\r\n"
     assert dot_stuff(b"") == b".\r\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_refused_sender_fails_every_recipient_and_keeps_the_connection(
+    kind: str, sockdir: Path
+) -> None:
+    async def scenario(server: Server, courier: LMTPCourier) -> None:
+        results = await courier.deliver_many("nomail@x", ["u1@d", "u2@d"], b"x\n")
+        for r in ("u1@d", "u2@d"):
+            err = results[r]
+            assert err is not None
+            assert (err.permanent, err.message) == (
+                False,
+                "LMTP MAIL: 451 4.3.0 sender refused for now",
+            )
+        assert server.handler.delivered == []
+        await courier.deliver("a@b", "u3@d", b"x\n")
+        assert [d[1] for d in server.handler.delivered] == [["u3@d"]]
+        assert courier.connections_opened == 1
+
+    run(kind, sockdir, scenario)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_rset_between_successful_transactions(kind: str, sockdir: Path) -> None:
+    async def scenario(server: Server, courier: LMTPCourier) -> None:
+        for i in range(3):
+            await courier.deliver("a@b", f"u{i}@d", b"x\n")
+        assert server.handler.rsets == 0
+        # A refused transaction is reset, so the next one starts clean.
+        assert (await courier.deliver_many("a@b", ["norcpt@d"], b"x\n"))["norcpt@d"]
+        assert server.handler.rsets == 1
+        await courier.deliver("a@b", "u9@d", b"x\n")
+        assert [d[1][0] for d in server.handler.delivered] == ["u0@d", "u1@d", "u2@d", "u9@d"]
+        assert courier.connections_opened == 1
+
+    run(kind, sockdir, scenario, pool_size=1)

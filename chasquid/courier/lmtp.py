@@ -94,7 +94,9 @@ class _Connection:
         lines: list[str] = []
         code = 0
         while len(lines) < _MAX_REPLY_LINES:
-            raw = await asyncio.wait_for(self.reader.readline(), self.timeout)
+            # asyncio.timeout, not wait_for: wait_for makes a task per line read.
+            async with asyncio.timeout(self.timeout):
+                raw = await self.reader.readline()
             if not raw.endswith(b"\n"):
                 raise asyncio.IncompleteReadError(raw, None)
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -110,11 +112,27 @@ class _Connection:
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
-        await asyncio.wait_for(self.writer.drain(), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            await self.writer.drain()
 
     async def command(self, line: str) -> Reply:
         await self.send(line.encode("utf-8", "surrogateescape") + b"\r\n")
         return await self.read_reply()
+
+    def reusable(self) -> bool:
+        """Whether an idle connection looks fit for another transaction.
+
+        A server that closed it or said something unasked (a 421 before
+        closing) is noticed here without a round trip; a drop not yet seen
+        fails the first reply, and the courier retries on a new connection.
+        """
+        reader = self.reader
+        return not (
+            self.writer.is_closing()
+            or reader.at_eof()
+            or reader.exception() is not None
+            or reader._buffer  # type: ignore[attr-defined]
+        )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -213,13 +231,10 @@ class LMTPCourier:
     async def _get_connection(self) -> _Connection:
         while self._idle:
             conn = self._idle.pop()
-            # The server may have dropped an idle connection; RSET finds out
-            # cheaply and also clears any state a past transaction left.
-            try:
-                if (await conn.command("RSET")).code == 250:
-                    return conn
-            except (*_IO_ERRORS, LMTPProtocolError):
-                pass
+            # No RSET round trip: a connection goes back to the pool only after
+            # a finished transaction or a successful RSET, so it holds no state.
+            if conn.reusable():
+                return conn
             conn.close()
         return await self._connect()
 
@@ -247,7 +262,7 @@ class LMTPCourier:
         return conn
 
     def _put_back(self, conn: _Connection) -> None:
-        if len(self._idle) < self.pool_size:
+        if len(self._idle) < self.pool_size and not conn.writer.is_closing():
             self._idle.append(conn)
         else:
             conn.close()
@@ -276,7 +291,11 @@ class LMTPCourier:
                 params += " BODY=8BITMIME"
             if need_utf8:
                 params += " SMTPUTF8"
-            reply = await conn.command(f"MAIL FROM:<{mail_from}>{params}")
+            mail_cmd = f"MAIL FROM:<{mail_from}>{params}"
+            if "PIPELINING" in conn.extensions:
+                await self._pipelined(conn, mail_cmd, rcpts, offered_utf8, payload, results)
+                return
+            reply = await conn.command(mail_cmd)
             if reply.code != 250:
                 for r in rcpts:
                     results[r] = reply.error(stage)
@@ -305,15 +324,78 @@ class LMTPCourier:
                     results[r] = reply.error(stage)
                 await self._reset(conn)
                 return
-            stage = "DATA writing"
+            await self._send_data(conn, accepted, payload, results)
+        except (*_IO_ERRORS, LMTPProtocolError) as e:
+            raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
+
+    async def _send_data(
+        self,
+        conn: _Connection,
+        accepted: list[str],
+        payload: bytes,
+        results: dict[str, DeliveryError | None],
+    ) -> None:
+        """After a 354: the message, then one reply per accepted recipient (RFC 2033)."""
+        stage = "DATA writing"
+        try:
             await conn.send(payload)
             stage = "DATA closing"
-            # RFC 2033: one reply per accepted recipient, in RCPT order.
             for r in accepted:
                 reply = await conn.read_reply()
                 results[r] = None if 200 <= reply.code <= 299 else reply.error(stage)
         except (*_IO_ERRORS, LMTPProtocolError) as e:
             raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
+
+    async def _pipelined(
+        self,
+        conn: _Connection,
+        mail_cmd: str,
+        rcpts: list[str],
+        offered_utf8: bool,
+        payload: bytes,
+        results: dict[str, DeliveryError | None],
+    ) -> None:
+        """MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in order."""
+        wires: list[tuple[str, str]] = []
+        for r in rcpts:
+            try:
+                wires.append((r, _wire_address(r, offered_utf8)))
+            except DeliveryError as e:
+                results[r] = e
+        if not wires:
+            return
+        lines = [mail_cmd, *(f"RCPT TO:<{w}>" for _, w in wires), "DATA"]
+        stage = "MAIL"
+        accepted: list[str] = []
+        try:
+            await conn.send("".join(f"{x}\r\n" for x in lines).encode("utf-8", "surrogateescape"))
+            mail = await conn.read_reply()
+            stage = "RCPT"
+            rcpt_replies = [await conn.read_reply() for _ in wires]
+            stage = "DATA"
+            data = await conn.read_reply()
+            if mail.code != 250:
+                for r in rcpts:
+                    results[r] = mail.error("MAIL")
+            else:
+                for (r, _), reply in zip(wires, rcpt_replies, strict=True):
+                    if 200 <= reply.code <= 299:
+                        accepted.append(r)
+                    else:
+                        results[r] = reply.error("RCPT")
+            if data.code == 354 and not accepted:
+                # DATA taken with no recipient accepted: how many replies an
+                # empty message gets is unclear, so the connection is dropped.
+                conn.close()
+                return
+            if data.code != 354:
+                for r in accepted:
+                    results[r] = data.error(stage)
+                await self._reset(conn)
+                return
+        except (*_IO_ERRORS, LMTPProtocolError) as e:
+            raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
+        await self._send_data(conn, accepted, payload, results)
 
     async def _reset(self, conn: _Connection) -> None:
         reply = await conn.command("RSET")
