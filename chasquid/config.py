@@ -284,6 +284,9 @@ class _LayerParser:
             raise self.error(line, key, detail) from e
         except yaml.YAMLError as e:
             raise self.error(None, None, f"YAML error: {e}") from e
+        except RecursionError:
+            # PyYAML composes nested collections recursively.
+            raise self.error(None, None, "YAML nested too deeply") from None
         if root is None:
             return {}
         if not isinstance(root, MappingNode):

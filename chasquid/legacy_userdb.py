@@ -49,6 +49,7 @@ _SIMPLE_ESCAPES = {
     "?": 0x3F,
 }
 _OCTAL = "01234567"
+_MAX_DEPTH = 32
 _HEX = "0123456789abcdefABCDEF"
 
 
@@ -84,6 +85,7 @@ class _Parser:
         self.source = source
         self.tokens = self._tokenize(text)
         self.pos = 0
+        self.depth = 0
 
     def error(self, line: int, message: str) -> LegacyUserDBError:
         return LegacyUserDBError(f"{self.source}:{line}: {message}")
@@ -166,7 +168,15 @@ class _Parser:
 
     def submessage(self) -> tuple[_Field, ...]:
         opening = self.take()
-        return self.message("}" if opening.text == "{" else ">")
+        # A users file nests three levels; bound it so a corrupt file is an error
+        # with a line number rather than a RecursionError.
+        if self.depth >= _MAX_DEPTH:
+            raise self.error(opening.line, f"messages nested more than {_MAX_DEPTH} deep")
+        self.depth += 1
+        try:
+            return self.message("}" if opening.text == "{" else ">")
+        finally:
+            self.depth -= 1
 
     def scalar(self) -> bytes | int | str:
         tok = self.take()

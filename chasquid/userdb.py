@@ -218,6 +218,14 @@ def parse_users(data: bytes, source: str) -> dict[str, Entry]:
         raise UserDBError(f"{source}:{line}: users file is not valid UTF-8") from None
     if _COMMENTS_ONLY.match(text):
         return {}
+    try:
+        return _parse_text(text, source)
+    except RecursionError:
+        # PyYAML composes nested collections recursively.
+        raise UserDBError(f"{source}: users file is nested too deeply to be valid") from None
+
+
+def _parse_text(text: str, source: str) -> dict[str, Entry]:
     if _LEGACY_START.match(text):
         doc = _yaml_mapping(text)
         if doc is None or "version" not in doc:
@@ -236,7 +244,7 @@ def _yaml_mapping(text: str) -> dict[object, object] | None:
     """The top-level mapping if text is YAML with one, else None."""
     try:
         doc = yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return None
     return doc if isinstance(doc, dict) else None
 

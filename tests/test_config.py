@@ -613,3 +613,8 @@ def test_hostname_failure_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert load_error(tmp_path, "") == "could not get hostname: no name for you"
     # An explicit hostname never asks the system.
     assert load_text(tmp_path, 'hostname: "h"\n').hostname == "h"
+
+
+def test_deeply_nested_yaml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_text("smtp_address: " + "[" * 5000, "chasquid.conf")

@@ -155,3 +155,9 @@ def test_userdb_reports_legacy_errors(tmp_path: Path) -> None:
     with pytest.raises(UserDBError, match=rf"{path}:3: .*protobuf-text"):
         UserDB.load(path)
     assert path.read_bytes() == original
+
+
+def test_deep_nesting_is_an_error_with_its_line() -> None:
+    text = 'users {\n key: "a"\n value ' + "{ x " * 5000 + "}" * 5000 + "\n}\n"
+    with pytest.raises(LegacyUserDBError, match=r"^f:3: messages nested more than \d+ deep"):
+        parse_legacy(text, "f")

@@ -260,3 +260,18 @@ def test_merged_prefers_other(db: UserDB) -> None:
     assert merged.users() == ["alice", "bob", "carol"]
     assert merged.authenticate("bob", "pw")
     assert merged.authenticate("alice", "sesame")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: 1\nusers: " + "[" * 5000,
+        "version: 1\nusers:\n  a: " + "{x: " * 5000,
+        'users { key: "a" value ' + "{ x " * 5000,
+    ],
+)
+def test_deeply_nested_file_is_a_users_file_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "users"
+    path.write_text(text)
+    with pytest.raises(UserDBError, match=str(path)):
+        UserDB.load(path)
