@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,9 +55,9 @@ class ConfigDir:
         """The aliases file of a domain."""
         return self.domain_dir(domain) / "aliases"
 
-    @property
+    @cached_property
     def post_data_hook(self) -> Path:
-        """The post-DATA hook (run only if it exists)."""
+        """The post-DATA hook (run only if it exists; looked up on every message)."""
         return self.hooks / "post-data"
 
     @property

@@ -336,3 +336,32 @@ def test_no_rset_between_successful_transactions(kind: str, sockdir: Path) -> No
         assert courier.connections_opened == 1
 
     run(kind, sockdir, scenario, pool_size=1)
+
+
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_silent_server_times_out(pipelining: bool, sockdir: Path) -> None:
+    async def main() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"220 silent\r\n")
+            await reader.readline()
+            ext = b"250-PIPELINING\r\n" if pipelining else b""
+            writer.write(b"250-silent\r\n" + ext + b"250 8BITMIME\r\n")
+            await reader.read()  # says nothing more until the client leaves
+
+        path = str(sockdir / "silent.sock")
+        server = await asyncio.start_unix_server(serve, path)
+        courier = LMTPCourier(path, "h", 1, timeout=0.3)
+        try:
+            start = asyncio.get_running_loop().time()
+            results = await asyncio.wait_for(courier.deliver_many("a@b", ["u@d"], b"x\n"), 10)
+            elapsed = asyncio.get_running_loop().time() - start
+        finally:
+            server.close()
+        err = results["u@d"]
+        assert err is not None
+        assert not err.permanent
+        assert err.message == "LMTP MAIL: timed out"
+        # One time-out per attempt, and one retry on a fresh connection.
+        assert 0.5 < elapsed < 3
+
+    asyncio.run(main())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,7 +75,9 @@ def dot_stuff(data: bytes) -> bytes:
     body = to_crlf(data)
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return re.sub(rb"(?m)^\.", b"..", body) + b".\r\n"
+    if body.startswith(b"."):
+        body = b"." + body
+    return body.replace(b"\n.", b"\n..") + b".\r\n"
 
 
 class _Connection:
@@ -91,12 +92,19 @@ class _Connection:
         self.extensions: frozenset[str] = frozenset()
 
     async def read_reply(self) -> Reply:
+        """One reply, within the time-out."""
+        async with asyncio.timeout(self.timeout):
+            return await self.read_reply_untimed()
+
+    async def read_reply_untimed(self) -> Reply:
+        """One reply, for callers that bound a whole exchange with one time-out.
+
+        (asyncio.timeout, not wait_for, which makes a task per call.)
+        """
         lines: list[str] = []
         code = 0
         while len(lines) < _MAX_REPLY_LINES:
-            # asyncio.timeout, not wait_for: wait_for makes a task per line read.
-            async with asyncio.timeout(self.timeout):
-                raw = await self.reader.readline()
+            raw = await self.reader.readline()
             if not raw.endswith(b"\n"):
                 raise asyncio.IncompleteReadError(raw, None)
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -111,9 +119,14 @@ class _Connection:
         raise LMTPProtocolError("reply too long")
 
     async def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        """Write data, within the time-out."""
         async with asyncio.timeout(self.timeout):
-            await self.writer.drain()
+            await self.send_untimed(data)
+
+    async def send_untimed(self, data: bytes) -> None:
+        """Write data, for callers that bound a whole exchange with one time-out."""
+        self.writer.write(data)
+        await self.writer.drain()
 
     async def command(self, line: str) -> Reply:
         await self.send(line.encode("utf-8", "surrogateescape") + b"\r\n")
@@ -338,10 +351,11 @@ class LMTPCourier:
         """After a 354: the message, then one reply per accepted recipient (RFC 2033)."""
         stage = "DATA writing"
         try:
-            await conn.send(payload)
-            stage = "DATA closing"
-            for r in accepted:
-                reply = await conn.read_reply()
+            async with asyncio.timeout(conn.timeout):
+                await conn.send_untimed(payload)
+                stage = "DATA closing"
+                replies = [await conn.read_reply_untimed() for _ in accepted]
+            for r, reply in zip(accepted, replies, strict=True):
                 results[r] = None if 200 <= reply.code <= 299 else reply.error(stage)
         except (*_IO_ERRORS, LMTPProtocolError) as e:
             raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
@@ -368,12 +382,16 @@ class LMTPCourier:
         stage = "MAIL"
         accepted: list[str] = []
         try:
-            await conn.send("".join(f"{x}\r\n" for x in lines).encode("utf-8", "surrogateescape"))
-            mail = await conn.read_reply()
-            stage = "RCPT"
-            rcpt_replies = [await conn.read_reply() for _ in wires]
-            stage = "DATA"
-            data = await conn.read_reply()
+            # One time-out for the whole group: the replies come back together.
+            async with asyncio.timeout(conn.timeout):
+                await conn.send_untimed(
+                    "".join(f"{x}\r\n" for x in lines).encode("utf-8", "surrogateescape")
+                )
+                mail = await conn.read_reply_untimed()
+                stage = "RCPT"
+                rcpt_replies = [await conn.read_reply_untimed() for _ in wires]
+                stage = "DATA"
+                data = await conn.read_reply_untimed()
             if mail.code != 250:
                 for r in rcpts:
                     results[r] = mail.error("MAIL")

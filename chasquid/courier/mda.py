@@ -69,7 +69,9 @@ def substitute_args(args: Sequence[str], sender: str, rcpt: str) -> list[str]:
 
 def to_crlf(data: bytes) -> bytes:
     """LF line endings to CRLF; existing CRLF kept, no newline added at the end."""
-    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
+    # Two C-speed replaces instead of a regex with a look-behind: every LF ends
+    # up with exactly one CR before it, and a CRLF stays as it was.
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Pure functions over bytes/str; the message is LF-terminated throughout.
 from __future__ import annotations
 
 import email.utils
+import functools
 import ipaddress
 import re
 import time
@@ -90,6 +91,7 @@ def quote(s: str) -> str:
     return "".join(out)
 
 
+@functools.lru_cache(maxsize=256)
 def ip_literal(ip: str) -> str:
     """``192.0.2.7`` / ``IPv6:2001:db8::7``; IPv4-mapped IPv6 as plain IPv4."""
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
@@ -102,7 +104,13 @@ def ip_literal(ip: str) -> str:
 
 def rfc1123z(now: float | None = None) -> str:
     """Local time as ``Mon, 02 Jan 2006 15:04:05 -0700``."""
-    return email.utils.formatdate(now, localtime=True)
+    return _rfc1123z_second(int(time.time() if now is None else now))
+
+
+@functools.lru_cache(maxsize=4)
+def _rfc1123z_second(second: int) -> str:
+    # Every message received within one second carries the same date.
+    return email.utils.formatdate(second, localtime=True)
 
 
 def received(
