@@ -507,11 +507,16 @@ class Daemon:
         file and line; the server keeps running.
         """
         async with self._reload_lock:
-            if full:
-                self._reopen_logs()
-                self._reload_domaininfo()
-                await self._reload_certificates()
-            await self._reload_domains()
+            try:
+                if full:
+                    self._reopen_logs()
+                    self._reload_domaininfo()
+                    await self._reload_certificates()
+                await self._reload_domains()
+            except Exception:
+                # Not a load error (those are handled above) but a bug: it must not
+                # end the periodic reload loop for the rest of the daemon's life.
+                log.exception("Unexpected error while reloading, keeping what is in force")
 
     def _reopen_logs(self) -> None:
         try:
