@@ -192,20 +192,18 @@ class DomainInfoStore:
     def _check(self, domain: str, level: SecLevel, *, incoming: bool) -> bool:
         key = domain_key(domain)
         current = self._info.get(key)
-        if current is None:
-            current = DomainInfo(key)
-            self._info[key] = current
-            self._write(current, strict=False)
-        stored = current.incoming if incoming else current.outgoing
+        record = current or DomainInfo(key)
+        stored = record.incoming if incoming else record.outgoing
         if level < stored:
             return False
-        if level > stored:
-            if incoming:
-                current = replace(current, incoming=level)
-            else:
-                current = replace(current, outgoing=level)
-            self._info[key] = current
-            self._write(current, strict=False)
+        if level > stored and incoming:
+            record = replace(record, incoming=level)
+        elif level > stored:
+            record = replace(record, outgoing=level)
+        # A first sighting is recorded even at PLAIN; one write covers it and a raise.
+        if record != current:
+            self._info[key] = record
+            self._write(record, strict=False)
         return True
 
     def _write(self, info: DomainInfo, *, strict: bool) -> None:
