@@ -40,7 +40,7 @@ def command(
     addr: str, addr_network: str | None, sender: str, recipient: str, to_puny: bool
 ) -> None:
     """Placeholder until the delivery is written."""
-    click.echo("mda-lmtp: not implemented yet")
+    click.echo("mda-lmtp: not implemented yet", err=True)
     sys.exit(2)
 
 
