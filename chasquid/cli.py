@@ -56,13 +56,17 @@ def go_style_argv(args: Sequence[str]) -> list[str]:
 
 
 def _duration(ctx: click.Context, param: click.Parameter, value: str | float) -> float:
-    """Click callback turning a Go duration (``30s``, ``1m30s``) into seconds."""
+    """Click callback turning a positive Go duration (``30s``, ``1m30s``) into seconds."""
     if isinstance(value, float | int):
         return float(value)
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except DurationError as e:
         raise click.BadParameter(str(e), ctx, param) from None
+    if seconds <= 0:
+        # asyncio.sleep would not wait at all: the daemon would reload in a busy loop.
+        raise click.BadParameter(f"{value!r}: must be greater than 0", ctx, param)
+    return seconds
 
 
 def _names(name: str, *extra: str) -> list[str]:

@@ -74,3 +74,10 @@ def test_bad_duration_exits_2() -> None:
     proc = _chasquid("--testing__reload_every=10", "-config_dir=/nonexistent")
     assert proc.returncode == 2
     assert "missing unit" in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["0s", "-1s"])
+def test_reload_interval_must_be_positive(value: str) -> None:
+    proc = _chasquid(f"--testing__reload_every={value}", "-config_dir=/nonexistent")
+    assert proc.returncode == 2
+    assert "must be greater than 0" in proc.stderr
