@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chasquid import sdactivation
-from chasquid.errors import ChasquidError
+from chasquid.errors import ChasquidError, os_reason
 from chasquid.gofmt import format_duration, go_list, go_quote
 from chasquid.listeners import (
     MODES,
@@ -115,12 +115,6 @@ def run(options: DaemonOptions, mainlog: MainLog) -> int:
         return 1
     finally:
         logging.shutdown()
-
-
-def os_reason(e: OSError) -> str:
-    """The lower-case C library message of an OS error, as Go renders it."""
-    text = e.strerror or str(e)
-    return text[:1].lower() + text[1:]
 
 
 def log_config(config: Config) -> None:

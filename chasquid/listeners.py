@@ -11,7 +11,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
-from chasquid.errors import ChasquidError
+from chasquid.errors import ChasquidError, os_reason
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,6 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host, port
 
 
-def _os_reason(e: OSError) -> str:
-    text = e.strerror or str(e)
-    return text[:1].lower() + text[1:]
-
-
 def bind_tcp(address: str) -> socket.socket:
     """Bind and listen on a configured address; ``:port`` listens on all IPv4 and IPv6 addresses.
 
@@ -122,7 +117,7 @@ def _listen(
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as e:
-        raise ListenError(f"listen tcp {address}: socket: {_os_reason(e)}") from e
+        raise ListenError(f"listen tcp {address}: socket: {os_reason(e)}") from e
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
@@ -131,7 +126,7 @@ def _listen(
         sock.listen(BACKLOG)
     except OSError as e:
         sock.close()
-        raise ListenError(f"listen tcp {address}: bind: {_os_reason(e)}") from e
+        raise ListenError(f"listen tcp {address}: bind: {os_reason(e)}") from e
     sock.setblocking(False)
     return sock
 

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import IO
 
-from chasquid.errors import ChasquidError
+from chasquid.errors import ChasquidError, os_reason
 
 #: Width of the source-location column.
 LOCATION_WIDTH = 18
@@ -111,7 +111,7 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as e:
-            raise MainLogError(f"open {self.path}: {_reason(e)}") from e
+            raise MainLogError(f"open {self.path}: {os_reason(e)}") from e
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
     def reopen(self) -> None:
@@ -134,12 +134,6 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.stream.close()
             finally:
                 super().close()
-
-
-def _reason(e: OSError) -> str:
-    """The lower-case C library message of an OS error (``no such file or directory``)."""
-    text = e.strerror or str(e)
-    return text[:1].lower() + text[1:]
 
 
 class _InfoSysLogHandler(logging.handlers.SysLogHandler):
