@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 from click.shell_completion import CompletionItem
 
 from chasquid.errors import ChasquidError
+from chasquid_util.options import resolve_config_dir as config_dir_of
 from chasquid_util.users import list_users, local_domains
-
-DEFAULT_CONFIG_DIR = "/etc/chasquid"
-
-
-def config_dir_of(ctx: click.Context) -> Path:
-    """The config dir given on the command line so far (subcommand first, then the group)."""
-    c: click.Context | None = ctx
-    while c is not None:
-        value = c.params.get("config_dir")
-        if value:
-            return Path(value)
-        c = c.parent
-    return Path(DEFAULT_CONFIG_DIR)
 
 
 def complete_users(

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import click
 
 from chasquid.errors import ChasquidError
-from chasquid_util.completers import DEFAULT_CONFIG_DIR
+
+DEFAULT_CONFIG_DIR = "/etc/chasquid"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
