@@ -118,11 +118,15 @@ async def _serve_one(
 ) -> None:
     try:
         async with asyncio.timeout(DEADLINE):
-            line = await reader.readline()
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than MAX_REQUEST
+                line = b""
+                writer.write(f"500 request longer than {MAX_REQUEST} bytes\r\n".encode())
             if line:
                 writer.write(await _respond(line, handlers))
-                await writer.drain()
-    except (TimeoutError, ConnectionError, ValueError) as e:
+            await writer.drain()
+    except (TimeoutError, ConnectionError) as e:
         log.debug("local RPC connection ended: %s", e)
     finally:
         writer.close()
@@ -212,13 +216,7 @@ def standard_handlers(
     """AliasResolve and DomaininfoClear (spec/30 §2.5) over the daemon's live state."""
 
     async def alias_resolve(params: Params) -> Params:
-        address = get_param(params, "Address")
-        try:
-            recipients = await resolver().resolve(address)
-        except ChasquidError:
-            raise
-        except Exception as e:
-            raise RPCError(str(e)) from None
+        recipients = await resolver().resolve(get_param(params, "Address"))
         return [(f"({r.kind})", r.address) for r in recipients]
 
     async def domaininfo_clear(params: Params) -> Params:

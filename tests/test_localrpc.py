@@ -160,3 +160,9 @@ def test_deadline_closes_a_silent_client(tmp_path: Path, monkeypatch: pytest.Mon
         assert localrpc.call(server.path, "Echo", [("a", "1")]) == [("a", "1")]
     finally:
         server.close()
+
+
+def test_overlong_request_gets_an_answer(served: tuple[Server, DomainInfo]) -> None:
+    server, _ = served
+    request = b"AliasResolve Address=" + b"a" * localrpc.MAX_REQUEST + b"\r\n"
+    assert raw_exchange(server.path, request).startswith(b"500 request longer than")
