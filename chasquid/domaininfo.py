@@ -20,13 +20,13 @@ import yaml
 
 from chasquid.errors import ChasquidError
 from chasquid.fileio import atomic_write
+from chasquid.layout import DOMAININFO_DIR_MODE
 from chasquid.normalize import NormalizationError, normalize_domain
 
 log = logging.getLogger(__name__)
 
 _PREFIX = "s:"
 _FILE_MODE = 0o660
-_DIR_MODE = 0o770
 
 
 class DomainInfoError(ChasquidError):
@@ -128,7 +128,7 @@ class DomainInfoStore:
         # chasquid under a raw name): removed when the key is rewritten.
         self._strays: dict[str, list[Path]] = {}
         try:
-            self.path.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            self.path.mkdir(mode=DOMAININFO_DIR_MODE, parents=True, exist_ok=True)
         except OSError as e:
             raise DomainInfoError(f"creating {str(self.path)!r}: {e.strerror or e}") from e
         self.reload()

@@ -28,6 +28,7 @@ from chasquid.courier.mx import resolve_host, strip_root
 from chasquid.dnsconfig import make_async_resolver
 from chasquid.errors import ChasquidError
 from chasquid.fileio import atomic_write
+from chasquid.layout import STS_CACHE_DIR_MODE
 from chasquid.metrics import Counters
 from chasquid.normalize import NormalizationError, domain_to_ascii
 
@@ -288,7 +289,7 @@ class StsCache:
     ) -> None:
         """Open the cache in path (created with mode 0770; failure raises OSError)."""
         self.path = Path(path)
-        self.path.mkdir(mode=0o770, parents=True, exist_ok=True)
+        self.path.mkdir(mode=STS_CACHE_DIR_MODE, parents=True, exist_ok=True)
         self.counters = counters or Counters()
         self._resolver_factory = resolver_factory
         self._ssl_context = ssl_context
