@@ -52,8 +52,10 @@ async def run_hook(
     if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
         raise HookError(f"hook {str(hook)!r} is not an executable file")
     try:
+        # Absolute, because exec resolves a relative path from cwd, not from where
+        # it was checked (chasquid-util -C conf runs hooks in conf/).
         return await run_program(
-            [str(hook), *args],
+            [os.path.abspath(hook), *args],
             stdin=stdin,
             cwd=cwd,
             timeout=timeout,

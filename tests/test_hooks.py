@@ -86,3 +86,14 @@ def test_hook_ignoring_stdin(tmp_path: Path) -> None:
     h = script(tmp_path, "exit 0\n")
     res = asyncio.run(run_hook(h, [], stdin=b"x" * 2_000_000, timeout=10))
     assert res.ok
+
+
+def test_relative_path_is_found_from_the_callers_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf" / "hooks").mkdir(parents=True)
+    script(tmp_path / "conf" / "hooks", "pwd\n")
+    monkeypatch.chdir(tmp_path)
+    res = asyncio.run(run_hook(Path("conf/hooks/hook"), [], cwd=Path("conf"), timeout=10))
+    assert res.ok, res.error_text()
+    assert res.stdout == f"{tmp_path / 'conf'}\n".encode()
