@@ -45,12 +45,14 @@ class UtilGroup(click.Group):
         parent: click.Context | None = None,
         **extra: Any,
     ) -> click.Context:
+        """click's, with usage errors exiting 1."""
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as e:
             raise UsageError(e.format_message(), e.ctx) from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        """click's, with usage errors of subcommands exiting 1."""
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
@@ -59,6 +61,7 @@ class UtilGroup(click.Group):
     def resolve_command(
         self, ctx: click.Context, args: list[str]
     ) -> tuple[str | None, click.Command | None, list[str]]:
+        """click's, with chasquid's wording for an unknown command."""
         name = args[0]
         if self.get_command(ctx, name) is None and not ctx.resilient_parsing:
             raise click.UsageError(f'Unknown argument "{name}"', ctx)
