@@ -68,11 +68,11 @@ def init_config_dir(root: Path, settings: InitSettings) -> list[Path]:
         raise UtilError(f'"{root}" already exists and is not empty; init never overwrites files')
     cdir = ConfigDir(root)
     pair = self_signed([settings.hostname]) if settings.self_signed_cert else None
-    made_root = not root.exists()
+    # root and any missing parents, outermost first, so that a failure can remove them too.
+    missing = [p for p in (root, *root.parents) if not p.exists()][::-1]
     created: list[Path] = []
     try:
-        root.mkdir(mode=0o755, parents=True, exist_ok=True)
-        for d in (cdir.domains, cdir.domain_dir(domain), cdir.certs, cdir.hooks):
+        for d in (*missing, cdir.domains, cdir.domain_dir(domain), cdir.certs, cdir.hooks):
             d.mkdir(mode=0o755)
             created.append(d)
         atomic_write(cdir.conf, render_conf(settings).encode(), mode=0o644)
@@ -86,12 +86,12 @@ def init_config_dir(root: Path, settings: InitSettings) -> list[Path]:
             atomic_write(cert_dir / "privkey.pem", pair.privkey_pem, mode=0o600)
             created.append(cert_dir / "privkey.pem")
     except OSError as e:
-        _remove(created, root if made_root else None)
+        _remove(created)
         raise UtilError(f"Error creating {e.filename or root}: {e.strerror or e}") from None
     return created
 
 
-def _remove(created: list[Path], root: Path | None) -> None:
+def _remove(created: list[Path]) -> None:
     """Undo a failed init: what it made, newest first (an error must leave nothing behind)."""
     for path in reversed(created):
         with contextlib.suppress(OSError):
@@ -99,6 +99,3 @@ def _remove(created: list[Path], root: Path | None) -> None:
                 path.rmdir()
             else:
                 path.unlink()
-    if root is not None:
-        with contextlib.suppress(OSError):
-            root.rmdir()

@@ -106,7 +106,7 @@ def test_init_failing_half_way_is_an_error_and_leaves_nothing(tmp_path: Path) ->
     # A name too long for the file system fails after domains/ was made.
     settings = InitSettings("mx", "a" * 300 + ".example", "/var/lib/chasquid", False)
     with pytest.raises(UtilError, match=r"Error creating .*: File name too long"):
-        init_config_dir(tmp_path / "new", settings)
+        init_config_dir(tmp_path / "new" / "etc", settings)
     assert not (tmp_path / "new").exists()
 
 
