@@ -262,7 +262,11 @@ def _line(node: yaml.Node) -> int:
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Entry]:
-    loader = yaml.SafeLoader(text)
+    try:
+        # The reader rejects control characters (e.g. NUL) as soon as it is made.
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as e:
+        raise UserDBError(f"{source}: invalid YAML: {e}") from None
     try:
         root = loader.get_single_node()
         if root is None:

@@ -275,3 +275,10 @@ def test_deeply_nested_file_is_a_users_file_error(tmp_path: Path, text: str) -> 
     path.write_text(text)
     with pytest.raises(UserDBError, match=str(path)):
         UserDB.load(path)
+
+
+def test_control_character_is_a_users_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    path.write_text('version: 1\nusers:\n  a: {plain: "x\x00"}\n')
+    with pytest.raises(UserDBError, match="invalid YAML"):
+        UserDB.load(path)
