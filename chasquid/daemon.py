@@ -110,7 +110,9 @@ def run(options: DaemonOptions, mainlog: MainLog) -> int:
     raise_fd_limit()
     try:
         return asyncio.run(Daemon(options, mainlog).main())
-    except FatalError as e:
+    except ChasquidError as e:
+        # FatalError carries the spec's line; any other library error that
+        # reaches here still ends the daemon with one fatal line, not a traceback.
         log.critical("%s", e)
         return 1
     finally:
