@@ -419,7 +419,8 @@ def _hostile(
     expect: str,
 ) -> None:
     one_mx(net)
-    timeouts = Timeouts(dial=2, reply=1, handshake=2, session=5)
+    # reply=3: reading 2 MiB of hostile reply lines must not hit it on a loaded machine.
+    timeouts = Timeouts(dial=2, reply=3, handshake=2, session=6)
 
     async def run() -> DeliveryError | None:
         async with raw_server("127.0.0.2", net.port, peer):
