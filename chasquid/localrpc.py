@@ -134,6 +134,9 @@ async def _serve_one(
             await writer.wait_closed()
 
 
+SOCKET_MODE = 0o660
+
+
 async def start_server(path: Path, handlers: Mapping[str, Handler]) -> asyncio.Server:
     """Listen on path (a stale socket there is removed first) and serve handlers.
 
@@ -146,9 +149,13 @@ async def start_server(path: Path, handlers: Mapping[str, Handler]) -> asyncio.S
         await _serve_one(reader, writer, handlers)
 
     try:
-        return await asyncio.start_unix_server(serve, path=str(path), limit=MAX_REQUEST)
+        server = await asyncio.start_unix_server(serve, path=str(path), limit=MAX_REQUEST)
+        # The socket can clear domaininfo and drop queued mail: only the daemon's
+        # user and group may connect, whatever the umask the daemon started with.
+        os.chmod(path, SOCKET_MODE)
     except OSError as e:
         raise RPCError(f"cannot listen on {path}: {e.strerror or e}") from None
+    return server
 
 
 def call(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import stat
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -166,3 +167,11 @@ def test_overlong_request_gets_an_answer(served: tuple[Server, DomainInfo]) -> N
     server, _ = served
     request = b"AliasResolve Address=" + b"a" * localrpc.MAX_REQUEST + b"\r\n"
     assert raw_exchange(server.path, request).startswith(b"500 request longer than")
+
+
+def test_socket_is_only_for_the_daemons_user_and_group(
+    served: tuple[Server, DomainInfo],
+) -> None:
+    server, _ = served
+    assert stat.S_ISSOCK(server.path.stat().st_mode)
+    assert stat.S_IMODE(server.path.stat().st_mode) == 0o660
