@@ -8,6 +8,11 @@ per process (measured: that setup was a third of the loop's time when
 delivering through an MDA). The GIL is released during fork/exec, poll,
 read, write and wait, so the loop keeps serving sessions meanwhile.
 
+Programs given by path that run in the daemon's own directory (MDAs and
+hooks in the daemon, which runs in its config dir) skip the thread:
+chasquid.loopspawn starts them with posix_spawn and the loop watches their
+pipes and exit (the thread's GIL hand-offs cost more CPU than the run).
+
 The program runs in a new session, so its pid is its process group: on
 timeout (or when the awaiting task is cancelled) the whole group is killed,
 children included.
@@ -29,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chasquid import loopspawn
 from chasquid.errors import ChasquidError
 
 #: Bytes of output kept by default (per stream); the rest is read and discarded.
@@ -261,6 +267,22 @@ async def run_program(
     each captured stream are kept. Raises ProgramStartError if the program
     cannot be started. Cancelling the caller kills the program.
     """
+    program = str(argv[0])
+    workdir = str(cwd) if cwd is not None else None
+    if loopspawn.usable(program, workdir):
+        try:
+            done = await loopspawn.run(
+                [str(a) for a in argv],
+                stdin=stdin,
+                env=env,
+                output=output.value,
+                max_output=max_output,
+                timeout=timeout,
+                reap_timeout=_REAP_TIMEOUT,
+            )
+        except OSError as e:
+            raise ProgramStartError(f"cannot run {program!r}: {e.strerror or e}") from e
+        return ProgramResult(done.status, done.stdout, done.stderr, done.timed_out)
     run = _Run(
         argv=tuple(str(a) for a in argv),
         stdin=stdin,

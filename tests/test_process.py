@@ -12,6 +12,16 @@ import pytest
 from chasquid.process import Output, ProgramStartError, run_program
 
 
+@pytest.fixture(params=["other-dir", "own-dir"])
+def cwd(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The cwd to pass: another directory (run from a worker thread), or the
+    process's own one as the daemon passes it, "." (run from the loop)."""
+    if request.param == "own-dir":
+        monkeypatch.chdir(tmp_path)
+        return Path(".")
+    return tmp_path
+
+
 def script(tmp_path: Path, body: str, name: str = "prog") -> str:
     p = tmp_path / name
     p.write_text("#!/bin/sh\n" + body)
@@ -19,55 +29,55 @@ def script(tmp_path: Path, body: str, name: str = "prog") -> str:
     return str(p)
 
 
-def test_output_modes(tmp_path: Path) -> None:
+def test_output_modes(tmp_path: Path, cwd: Path) -> None:
     prog = script(tmp_path, "cat; echo err >&2; exit 3\n")
-    merged = asyncio.run(run_program([prog], stdin=b"in\n", cwd=tmp_path, timeout=10))
+    merged = asyncio.run(run_program([prog], stdin=b"in\n", cwd=cwd, timeout=10))
     assert (merged.returncode, merged.output, merged.stderr) == (3, b"in\nerr\n", b"")
     assert merged.reason() == "exit status 3"
     assert merged.error_text() == "exit status 3"
     assert not merged.ok
     separate = asyncio.run(
-        run_program([prog], stdin=b"in\n", cwd=tmp_path, timeout=10, output=Output.SEPARATE)
+        run_program([prog], stdin=b"in\n", cwd=cwd, timeout=10, output=Output.SEPARATE)
     )
     assert (separate.stdout, separate.stderr) == (b"in\n", b"err\n")
     discard = asyncio.run(
-        run_program([prog], stdin=b"in\n", cwd=tmp_path, timeout=10, output=Output.DISCARD)
+        run_program([prog], stdin=b"in\n", cwd=cwd, timeout=10, output=Output.DISCARD)
     )
     assert (discard.returncode, discard.stdout, discard.stderr) == (3, b"", b"")
 
 
-def test_large_input_and_bounded_output(tmp_path: Path) -> None:
+def test_large_input_and_bounded_output(tmp_path: Path, cwd: Path) -> None:
     # More than a pipe buffer each way: neither side may deadlock.
     prog = script(tmp_path, "cat; cat /dev/null\n")
     data = os.urandom(3_000_000)
-    res = asyncio.run(run_program([prog], stdin=data, cwd=tmp_path, timeout=20, max_output=5000))
+    res = asyncio.run(run_program([prog], stdin=data, cwd=cwd, timeout=20, max_output=5000))
     assert res.ok
     assert res.stdout == data[:5000]
 
 
-def test_program_that_ignores_stdin(tmp_path: Path) -> None:
+def test_program_that_ignores_stdin(tmp_path: Path, cwd: Path) -> None:
     prog = script(tmp_path, "exit 0\n")
-    res = asyncio.run(run_program([prog], stdin=b"x" * 2_000_000, cwd=tmp_path, timeout=10))
+    res = asyncio.run(run_program([prog], stdin=b"x" * 2_000_000, cwd=cwd, timeout=10))
     assert res.ok
 
 
-def test_timeout_kills_the_group(tmp_path: Path) -> None:
+def test_timeout_kills_the_group(tmp_path: Path, cwd: Path) -> None:
     pidfile = tmp_path / "child.pid"
     prog = script(tmp_path, f"sleep 30 & echo $! > {pidfile}; wait\n")
     start = time.monotonic()
-    res = asyncio.run(run_program([prog], stdin=None, cwd=tmp_path, timeout=0.5))
+    res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=0.5))
     assert res.timed_out
     assert res.reason() == "signal: killed"
     assert time.monotonic() - start < 5
     assert_dead(int(pidfile.read_text()))
 
 
-def test_cancelling_the_caller_kills_the_program(tmp_path: Path) -> None:
+def test_cancelling_the_caller_kills_the_program(tmp_path: Path, cwd: Path) -> None:
     pidfile = tmp_path / "child.pid"
     prog = script(tmp_path, f"sleep 30 & echo $! > {pidfile}; wait\n")
 
     async def cancel_soon() -> None:
-        task = asyncio.ensure_future(run_program([prog], stdin=None, cwd=tmp_path, timeout=30))
+        task = asyncio.ensure_future(run_program([prog], stdin=None, cwd=cwd, timeout=30))
         async with asyncio.timeout(10):
             while not pidfile.exists() or not pidfile.read_text().strip():
                 await asyncio.sleep(0.02)
@@ -79,19 +89,19 @@ def test_cancelling_the_caller_kills_the_program(tmp_path: Path) -> None:
     assert_dead(int(pidfile.read_text()))
 
 
-def test_env_and_cwd(tmp_path: Path) -> None:
+def test_env_and_cwd(tmp_path: Path, cwd: Path) -> None:
     prog = script(tmp_path, 'echo "$FOO $(pwd)"\n')
-    res = asyncio.run(run_program([prog], stdin=None, cwd=tmp_path, timeout=10, env={"FOO": "bar"}))
+    res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10, env={"FOO": "bar"}))
     assert res.stdout == f"bar {tmp_path}\n".encode()
 
 
-def test_start_errors(tmp_path: Path) -> None:
+def test_start_errors(tmp_path: Path, cwd: Path) -> None:
     with pytest.raises(ProgramStartError, match="cannot run"):
-        asyncio.run(run_program([str(tmp_path / "nope")], stdin=b"", cwd=tmp_path, timeout=5))
+        asyncio.run(run_program([str(tmp_path / "nope")], stdin=b"", cwd=cwd, timeout=5))
     not_exec = tmp_path / "plain"
     not_exec.write_text("echo\n")
     with pytest.raises(ProgramStartError, match="Permission denied"):
-        asyncio.run(run_program([str(not_exec)], stdin=b"", cwd=tmp_path, timeout=5))
+        asyncio.run(run_program([str(not_exec)], stdin=b"", cwd=cwd, timeout=5))
 
 
 def assert_dead(pid: int) -> None:
@@ -110,3 +120,11 @@ def assert_dead(pid: int) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"process {pid} is still running")
+
+
+def test_programs_get_default_sigpipe(tmp_path: Path, cwd: Path) -> None:
+    # Python ignores SIGPIPE; a program inheriting that would see EPIPE errors
+    # (here from `yes`) instead of quietly ending its side of a pipeline.
+    prog = script(tmp_path, "yes | head -n 1\n")
+    res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10, output=Output.SEPARATE))
+    assert (res.returncode, res.stdout, res.stderr) == (0, b"y\n", b"")
