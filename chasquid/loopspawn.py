@@ -90,7 +90,10 @@ class _Child:
             if data:
                 self.data = memoryview(data)
                 os.set_blocking(stdin, False)
-                self.loop.add_writer(stdin, self._writable, stdin)
+                # A message usually fits in the pipe at once: no watch needed then.
+                self._writable(stdin)
+                if "stdin" in self.fds:
+                    self.loop.add_writer(stdin, self._writable, stdin)
             else:
                 self._close("stdin")
         for name in ("stdout", "stderr"):
