@@ -200,6 +200,8 @@ class Queue:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_exception(QueueStoreError(f"queue write failed: {e}"))
+                    if isinstance(e, Exception):
+                        continue  # reported to every waiter; later batches still go
                     raise
                 for (_, fut), error in zip(batch, results, strict=True):
                     if fut.done():

@@ -81,6 +81,10 @@ class QueueStore:
             except OSError as e:
                 results.append(QueueStoreError(f"{path}: {e.strerror or e}"))
                 continue
+            except Exception as e:
+                # One bad item (say, unencodable) must not fail the others of its batch.
+                results.append(QueueStoreError(f"{path}: {e}"))
+                continue
             results.append(None)
             written.append((n, path))
         if written:
