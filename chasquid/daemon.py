@@ -14,7 +14,7 @@ import socket
 import stat
 import sys
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -572,11 +572,8 @@ class Daemon:
             self.localrpc.close()
         if self.delivery is not None:
             await self.delivery.stop()
-        stop_queue: Callable[[], object] | None = getattr(self.queue, "stop", None)
-        if stop_queue is not None:
-            result = stop_queue()
-            if asyncio.iscoroutine(result):
-                await result
+        if self.queue is not None:
+            await self.queue.stop()
         if self.maillog is not None:
             self.maillog.close()
         log.info("chasquid exiting")

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -443,6 +444,33 @@ def test_a_cancelled_put_is_still_written(tmp_path: Path) -> None:
         datas = sorted(item.data for item in QueueStore(tmp_path / "queue").load())
         assert datas == [b"late\n", b"other\n"]
         assert queue.get(other_id) is not None
+
+    asyncio.run(run())
+
+
+class SlowStore(QueueStore):
+    """A store whose writes take a while, as fsync on a busy disk does."""
+
+    def apply(self, ops: Sequence[StoreOp]) -> list[QueueStoreError | None]:
+        time.sleep(0.3)
+        return super().apply(ops)
+
+
+def test_stop_waits_for_writes_in_progress(tmp_path: Path) -> None:
+    store = SlowStore(tmp_path / "queue")
+    store.ensure()
+    queue = Queue(store, lambda: FakeResolver(), 200, 3600)
+
+    async def run() -> None:
+        # A put whose caller went away (a session cut at shutdown) is still in flight.
+        task = asyncio.create_task(queue.put("f@x.org", ["a@example.com"], b"in flight\n"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        task.cancel()
+        await queue.stop()
+        datas = [item.data for item in QueueStore(tmp_path / "queue").load()]
+        assert datas == [b"in flight\n"]
+        await queue.stop()  # nothing pending: returns at once
 
     asyncio.run(run())
 

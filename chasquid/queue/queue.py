@@ -213,6 +213,12 @@ class Queue:
         finally:
             self._flusher = None
 
+    async def stop(self) -> None:
+        """Wait until every change handed to the flusher is on disk (at shutdown)."""
+        while (flusher := self._flusher) is not None and not flusher.done():
+            # Errors were already given to the writes' own waiters.
+            await asyncio.wait([flusher])
+
     def _register(self, item: QueueItem) -> None:
         self._items[item.id] = item
         if self.on_new_item is not None:
