@@ -6,6 +6,7 @@ import logging
 import socket
 
 import pytest
+from helpers.requirements import unavailable
 
 from chasquid.listeners import (
     EmptyAddressError,
@@ -43,7 +44,7 @@ def test_all_addresses_accepts_ipv4_and_ipv6() -> None:
             try:
                 c = socket.create_connection(("::1", port), timeout=5)
             except OSError:
-                pytest.skip("no IPv6 loopback on this machine")
+                unavailable("no IPv6 loopback on this machine")
             c.close()
 
 

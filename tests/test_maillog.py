@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from helpers.requirements import unavailable
 
 from chasquid.maillog import MailLog, MailLogError, format_client
 
@@ -172,7 +173,7 @@ def test_open_failure_names_the_file(tmp_path: Path) -> None:
 
 def test_write_failure_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     if not os.path.exists("/dev/full"):
-        pytest.skip("/dev/full is needed to provoke a write error")
+        unavailable("/dev/full is needed to provoke a write error")
     ml = MailLog.open("/dev/full", clock=lambda: STAMP)
     with caplog.at_level(logging.ERROR, logger="chasquid.maillog"):
         ml.listening(":25")

@@ -29,6 +29,7 @@ import trustme
 
 from chasquid.userdb import UserDB
 from helpers.dns import failing_dns
+from helpers.requirements import unavailable
 
 DOMAIN = "testserver"
 USER = "user"
@@ -341,7 +342,5 @@ def require_program(name: str) -> str:
     """The path of a system program; skip (or fail with CHASQUID_REQUIRE_ALL=1) if missing."""
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CHASQUID_REQUIRE_ALL") == "1":
-            pytest.fail(f"{name} is required (CHASQUID_REQUIRE_ALL=1) but not installed")
-        pytest.skip(f"{name} is not installed")
+        unavailable(f"{name} is not installed")
     return path
