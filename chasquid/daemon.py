@@ -32,6 +32,7 @@ from chasquid.listeners import (
     plan_listeners,
 )
 from chasquid.mainlog import MainLog
+from chasquid.metrics import Counters
 from chasquid.version import version
 
 if TYPE_CHECKING:
@@ -221,6 +222,9 @@ class Daemon:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # One registry for every counter of spec/20 §10 and spec/10 §16, so the
+        # monitoring server can expose them all from one place.
+        self.counters = Counters()
 
     # --- accessors the sessions read; swapping the attribute is the atomic reload.
 
@@ -333,7 +337,7 @@ class Daemon:
         assert self.config_dir is not None and self.config is not None
         log.info("Loading domains:")
         try:
-            domains = load_domains(self.config_dir.root, self.config)
+            domains = load_domains(self.config_dir.root, self.config, counters=self.counters)
         except ChasquidError as e:
             raise FatalError(_domain_error_line(str(e))) from None
         for line in domains.summary_lines():
@@ -372,6 +376,7 @@ class Daemon:
             lambda: self.current_domains().resolver,
             max_items=config.max_queue_items,
             give_up=config.give_up_send_after,
+            counters=self.counters,
         )
         self.delivery = self._start_delivery(queue)
         try:
@@ -388,18 +393,16 @@ class Daemon:
 
         assert self.config is not None and self.maillog is not None
         assert self.data_dir is not None and self.domaininfo is not None
-        sts = StsCache(self.data_dir.sts_cache, counters=queue.counters)
+        sts = StsCache(self.data_dir.sts_cache, counters=self.counters)
         self._spawn(sts.refresh_loop())
-        remote = SMTPCourier(
-            self.config.hostname, self.domaininfo, sts=sts, counters=queue.counters
-        )
+        remote = SMTPCourier(self.config.hostname, self.domaininfo, sts=sts, counters=self.counters)
         return start_delivery(
             queue,
             couriers_for(self.config, Path.cwd(), remote=remote),
             self.maillog,
             lambda: self.current_domains().is_local,
             retry_schedule=self.options.retry_schedule or DEFAULT_RETRY_SCHEDULE,
-            counters=queue.counters,
+            counters=self.counters,
         )
 
     async def _start_localrpc(self) -> None:
@@ -438,6 +441,7 @@ class Daemon:
             domaininfo=self.domaininfo,
             queue=self.queue,
             maillog=self.maillog,
+            counters=self.counters,
             max_received_headers=self.options.max_received_headers,
         )
         return self.ctx
@@ -554,7 +558,9 @@ class Daemon:
 
         assert self.config_dir is not None and self.config is not None
         try:
-            domains = await asyncio.to_thread(load_domains, self.config_dir.root, self.config)
+            domains = await asyncio.to_thread(
+                load_domains, self.config_dir.root, self.config, counters=self.counters
+            )
         except ChasquidError as e:
             log.error("Error reloading domains, keeping the previous ones: %s", e)
             return
