@@ -13,6 +13,8 @@ import pytest
 import trustme
 from helpers.daemon import DaemonFactory, Setup, messages
 
+from chasquid.fileio import atomic_write
+
 MESSAGE = b"Subject: hi\r\n\r\nHello.\r\n"
 
 
@@ -63,7 +65,9 @@ def test_periodic_reload(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) 
     while not _login(s, "later@testserver", "laterpassword"):
         assert time.monotonic() < deadline, d.log_text()
         time.sleep(0.2)
-    s.users_file().write_text("users: [\n")
+    # Replaced in one rename, as an editor saving the file would: a reload that read
+    # a half-written (empty) file would load zero users instead of failing.
+    atomic_write(s.users_file(), b"users: [\n")
     d.wait_for_log(r"Error reloading domains", timeout=10)
     assert d.proc.poll() is None
     assert _login(s, "later@testserver", "laterpassword")
