@@ -43,12 +43,16 @@ class Domains:
     aliases per domain.
     """
 
-    local: frozenset[str]
     users: Mapping[str, UserDB]
     resolver: Resolver
     dirs: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
     order: tuple[str, ...] = ()
     alias_counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def local(self) -> frozenset[str]:
+        """The local domains, `localhost` included (the resolver's own set)."""
+        return self.resolver.local_domains
 
     def is_local(self, addr: str) -> bool:
         """True if the domain of addr is empty or one of the local domains."""
@@ -128,7 +132,6 @@ def _build(
         counters=template.counters,
     )
     return Domains(
-        local=local,
         users=MappingProxyType(users),
         resolver=resolver,
         dirs=MappingProxyType(dict(dirs)),
