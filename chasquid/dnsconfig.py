@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import dns.asyncresolver
@@ -27,8 +28,10 @@ def dns_override() -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _configure(resolver: dns.resolver.BaseResolver) -> None:
-    server = dns_override()
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+def _configure(resolver: dns.resolver.BaseResolver, server: tuple[str, int] | None) -> None:
     if server is not None:
         resolver.nameservers = [server[0]]
         resolver.port = server[1]
@@ -36,15 +39,35 @@ def _configure(resolver: dns.resolver.BaseResolver) -> None:
     resolver.timeout = 5.0
 
 
-def make_resolver() -> dns.resolver.Resolver:
-    """A blocking dnspython resolver (system config, or the test DNS server)."""
-    resolver = dns.resolver.Resolver(configure=dns_override() is None)
-    _configure(resolver)
+def _resolv_conf_version() -> int:
+    try:
+        return os.stat(RESOLV_CONF).st_mtime_ns
+    except OSError:
+        return 0
+
+
+# Every delivery and SPF look-up asks for a resolver; building one reads and
+# parses /etc/resolv.conf. Resolvers hold no per-query state, so one is shared
+# until the test knob or resolv.conf (by its modification time) changes.
+@functools.lru_cache(maxsize=4)
+def _sync_resolver(server: tuple[str, int] | None, _version: int) -> dns.resolver.Resolver:
+    resolver = dns.resolver.Resolver(configure=server is None)
+    _configure(resolver, server)
     return resolver
+
+
+@functools.lru_cache(maxsize=4)
+def _async_resolver(server: tuple[str, int] | None, _version: int) -> dns.asyncresolver.Resolver:
+    resolver = dns.asyncresolver.Resolver(configure=server is None)
+    _configure(resolver, server)
+    return resolver
+
+
+def make_resolver() -> dns.resolver.Resolver:
+    """A blocking resolver (system config, or the test DNS server); shared: do not modify."""
+    return _sync_resolver(dns_override(), _resolv_conf_version())
 
 
 def make_async_resolver() -> dns.asyncresolver.Resolver:
-    """An asyncio dnspython resolver (system config, or the test DNS server)."""
-    resolver = dns.asyncresolver.Resolver(configure=dns_override() is None)
-    _configure(resolver)
-    return resolver
+    """An asyncio resolver (system config, or the test DNS server); shared: do not modify."""
+    return _async_resolver(dns_override(), _resolv_conf_version())
