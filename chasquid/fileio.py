@@ -18,30 +18,43 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+) -> None:
     """Write data to path so that a crash leaves either the old file or the new one.
 
     The data goes to a temporary file in the same directory (name starting
     with a dot), which is fsynced, renamed over path, and then the directory
-    is fsynced so the rename itself survives a crash.
+    is fsynced so the rename itself survives a crash. With owner (uid, gid),
+    the file has that owner from the moment it appears, when the writer may
+    give files away (root); otherwise it keeps the writer's.
     """
-    atomic_write_parts(path, (data,), mode)
+    atomic_write_parts(path, (data,), mode, owner)
 
 
 def atomic_write_parts(
-    path: str | os.PathLike[str], parts: Iterable[bytes], mode: int = 0o600
+    path: str | os.PathLike[str],
+    parts: Iterable[bytes],
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """Like atomic_write, with the content given as consecutive parts.
 
     Lets callers put a small header before a large body without first
     concatenating them (a copy of the body).
     """
-    write_synced_and_rename(path, parts, mode)
+    write_synced_and_rename(path, parts, mode, owner)
     fsync_dir(Path(path).parent)
 
 
 def write_synced_and_rename(
-    path: str | os.PathLike[str], parts: Iterable[bytes], mode: int = 0o600
+    path: str | os.PathLike[str],
+    parts: Iterable[bytes],
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
 ) -> None:
     """atomic_write_parts without the final directory fsync.
 
@@ -55,6 +68,9 @@ def write_synced_and_rename(
         try:
             if mode != 0o600:  # mkstemp's own mode
                 os.fchmod(fd, mode)
+            if owner is not None:
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, *owner)
             _write_all(fd, parts)
             os.fsync(fd)
         finally:

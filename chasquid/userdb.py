@@ -7,7 +7,6 @@ project's YAML format, and chasquid's own protobuf-text format transparently.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -168,12 +167,14 @@ class UserDB:
         except OSError as e:
             raise UserDBError(f"{target}: cannot write users file: {e.strerror or e}") from None
         try:
-            atomic_write(target, self.to_yaml().encode("utf-8"), mode=FILE_MODE)
+            atomic_write(
+                target,
+                self.to_yaml().encode("utf-8"),
+                mode=FILE_MODE,
+                owner=(old.st_uid, old.st_gid),
+            )
         except OSError as e:
             raise UserDBError(f"{target}: cannot write users file: {e.strerror or e}") from None
-        # Only root can give a file away; otherwise the writer's ownership stays.
-        with contextlib.suppress(PermissionError):
-            os.chown(target, old.st_uid, old.st_gid)
 
 
 def _entry_to_yaml(entry: Entry) -> dict[str, Any]:
