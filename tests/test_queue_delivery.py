@@ -26,12 +26,10 @@ from chasquid.queue.delivery import (
     DSN_QUEUED,
     Couriers,
     Delivery,
-    RemoteUnavailableCourier,
     next_delay,
     parse_retry_schedule,
     start_delivery,
 )
-from chasquid.queue.item import RecipientStatus
 from chasquid.queue.queue import Queue
 from chasquid.queue.store import QueueStore
 
@@ -344,26 +342,6 @@ async def test_same_original_domain_shares_one_transaction(tmp_path: Path) -> No
     await env.queue.put("me@local.test", ["list@local.test"], MESSAGE)
     await wait_empty(env)
     assert env.remote.calls == [("me@local.test", ("x@far.test", "y@far.test"), ())]
-
-
-@sync
-async def test_placeholder_remote_courier_keeps_mail_queued(tmp_path: Path) -> None:
-    env = make_env(tmp_path, DELIVER, remote=RecordingRemote())
-    env.delivery.couriers = Couriers(
-        local=env.delivery.couriers.local,
-        pipe=env.delivery.couriers.pipe,
-        remote=RemoteUnavailableCourier(),
-    )
-    await env.queue.load()
-    item_id = await env.queue.put("me@local.test", ["x@far.test"], MESSAGE)
-    async with asyncio.timeout(10):
-        while "failed (temporary)" not in env.log():
-            await asyncio.sleep(0.02)
-    item = env.queue.get(item_id)
-    assert item is not None and item.rcpts[0].status is RecipientStatus.PENDING
-    assert "remote delivery is not available" in item.rcpts[0].last_failure_message
-    await env.delivery.stop()
-    assert len(env.queue_files()) == 1
 
 
 @sync

@@ -78,22 +78,6 @@ class RemoteCourier(Protocol):
         ...
 
 
-class RemoteUnavailableCourier:
-    """Placeholder remote courier: every remote delivery fails temporarily.
-
-    The daemon wires this in until an SMTP courier exists, so remote mail
-    stays queued (and is retried) instead of being lost or bounced.
-    """
-
-    MESSAGE = "remote delivery is not available yet in this build; the message stays queued"
-
-    async def deliver_many(
-        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
-    ) -> BatchResult:
-        """Fail temporarily for every recipient."""
-        raise DeliveryError(self.MESSAGE, permanent=False)
-
-
 @dataclass(frozen=True)
 class Couriers:
     """The couriers the delivery loop routes to (spec/20 §4.8)."""
@@ -478,11 +462,8 @@ def start_delivery(
     return delivery
 
 
-def couriers_for(config: Config, config_dir: Path, remote: RemoteCourier | None = None) -> Couriers:
-    """The couriers for a configuration: MDA or LMTP for local mail, pipes, and remote.
-
-    Without a remote courier, :class:`RemoteUnavailableCourier` is used.
-    """
+def couriers_for(config: Config, config_dir: Path, remote: RemoteCourier) -> Couriers:
+    """The couriers for a configuration: MDA or LMTP for local mail, pipes, and remote."""
     from chasquid.courier.lmtp import LMTPCourier
     from chasquid.courier.mda import mda_from_config
     from chasquid.courier.pipe import PipeCourier
@@ -495,6 +476,6 @@ def couriers_for(config: Config, config_dir: Path, remote: RemoteCourier | None 
             config.mail_delivery_agent_bin, config.mail_delivery_agent_args, config_dir
         ),
         pipe=PipeCourier(config_dir),
-        remote=remote if remote is not None else RemoteUnavailableCourier(),
+        remote=remote,
         lmtp=lmtp,
     )

@@ -206,27 +206,13 @@ def wait_for_file(directory: Path, timeout: float = 30.0) -> Path:
     raise AssertionError(f"nothing appeared in {directory} after {timeout}s")
 
 
-REMOTE_MISSING = (
-    "remote SMTP delivery is not wired yet: the daemon still uses "
-    "queue.delivery.RemoteUnavailableCourier (chasquid/courier/smtp.py not plugged into "
-    "couriers_for in daemon.py)"
-)
-
-
 def wait_for_remote_delivery(pf: Postfix, daemon: Daemon, timeout: float = 45.0) -> EmailMessage:
-    """Our daemon's message in Postfix's Maildir; xfail while remote delivery is not wired."""
-    from chasquid.queue import delivery
-
-    # The placeholder courier goes away once the SMTP courier is wired; then this never xfails.
-    placeholder = getattr(delivery, "RemoteUnavailableCourier", None)
-    missing_text = getattr(placeholder, "MESSAGE", None)
+    """Our daemon's message in Postfix's Maildir."""
     deadline = time.monotonic() + timeout
     while True:
         msgs = pf.messages("alice")
         if msgs:
             return msgs[0]
-        if missing_text and missing_text in daemon.mail_log_text() + daemon.log_text():
-            pytest.xfail(REMOTE_MISSING)
         if time.monotonic() > deadline:
             raise AssertionError(
                 f"no delivery to Postfix after {timeout}s\nour mail log:\n"
