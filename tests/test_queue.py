@@ -494,3 +494,99 @@ def test_store_apply_reports_each_change_separately(tmp_path: Path) -> None:
     assert "m:stuck" in str(results[0])
     assert results[1:] == [None, None]
     assert [i.id for i in QueueStore(tmp_path / "queue").load()] == ["abc"]
+
+
+def segment_files(queue_dir: Path) -> tuple[list[str], list[str]]:
+    names = sorted(os.listdir(queue_dir))
+    return [n for n in names if n.startswith("s:")], [n for n in names if n.startswith("d:")]
+
+
+def test_new_items_of_one_batch_share_a_segment(tmp_path: Path) -> None:
+    queue_dir = tmp_path / "queue"
+    store = QueueStore(queue_dir)
+    store.ensure()
+    items = [sample_item(b"message %d\n" % n) for n in range(3)]
+    assert store.apply([StoreOp(item=i, new=True) for i in items]) == [None] * 3
+    (segment,), done = segment_files(queue_dir)
+    assert done == [] and [n for n in os.listdir(queue_dir) if n.startswith("m:")] == []
+    assert stat.S_IMODE(os.stat(queue_dir / segment).st_mode) == 0o600
+    assert sorted(i.id for i in QueueStore(queue_dir).load()) == sorted(i.id for i in items)
+
+    # One completed item is listed as done and not loaded again.
+    assert store.apply([StoreOp(item_id=items[0].id)]) == [None]
+    assert (queue_dir / f"d:{segment[2:]}").read_text() == f"{items[0].id}\n"
+    assert sorted(i.data for i in QueueStore(queue_dir).load()) == [
+        b"message 1\n",
+        b"message 2\n",
+    ]
+
+    # The last one gone takes the segment and its list with it.
+    store.remove(items[1].id)
+    store.remove(items[2].id)
+    assert os.listdir(queue_dir) == []
+
+
+def test_a_rewritten_segment_item_loads_its_newer_version(tmp_path: Path) -> None:
+    queue_dir = tmp_path / "queue"
+    store = QueueStore(queue_dir)
+    store.ensure()
+    a, b = sample_item(b"a\n"), sample_item(b"b\n")
+    store.apply([StoreOp(item=a, new=True), StoreOp(item=b, new=True)])
+    failed = a.with_status(0, RecipientStatus.FAILED, "boom")
+    assert store.apply([StoreOp(item=failed)]) == [None]
+    assert (queue_dir / f"m:{a.id}").exists()
+    assert {i.id: i for i in QueueStore(queue_dir).load()}[a.id] == failed
+
+    # A restarted store removes both copies: the item's file and its segment entry.
+    restarted = QueueStore(queue_dir)
+    restarted.load()
+    restarted.remove(a.id)
+    assert [i.id for i in QueueStore(queue_dir).load()] == [b.id]
+    restarted.remove(b.id)
+    assert os.listdir(queue_dir) == []
+
+
+def test_segment_housekeeping_at_load(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path)
+    a, b = sample_item(b"a\n"), sample_item(b"b\n")
+    store.apply([StoreOp(item=a, new=True), StoreOp(item=b, new=True)])
+    (segment,), _ = segment_files(tmp_path)
+    # Every item of the segment done (a crash before its deletion): cleaned up.
+    (tmp_path / f"d:{segment[2:]}").write_text(f"{a.id}\n{b.id}\n")
+    # A list whose segment is gone (a crash between the two deletions): removed.
+    (tmp_path / "d:orphan").write_text("x\n")
+    assert QueueStore(tmp_path).load() == []
+    assert os.listdir(tmp_path) == []
+
+
+def test_damaged_segment_keeps_its_good_items_and_its_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = sample_item(b"a\n"), sample_item(b"b\n")
+    raw = encode_to_bytes(a) + encode_to_bytes(b)
+    (tmp_path / "s:damaged").write_bytes(raw[:-5])
+    store = QueueStore(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="chasquid.queue"):
+        assert store.load() == [a]
+    assert "s:damaged" in caplog.text and "truncated" in caplog.text
+    # What could not be read is never deleted, even once the rest is done.
+    store.remove(a.id)
+    assert (tmp_path / "s:damaged").read_bytes() == raw[:-5]
+    assert QueueStore(tmp_path).load() == []
+
+
+def test_concurrent_puts_are_written_together(tmp_path: Path) -> None:
+    queue, counters = make_queue(tmp_path, max_items=100)
+
+    async def run() -> list[str]:
+        return await asyncio.gather(
+            *(queue.put("f@x.org", ["a@example.com"], b"%d\n" % n) for n in range(20))
+        )
+
+    ids = asyncio.run(run())
+    segments, _ = segment_files(tmp_path / "queue")
+    # The first put goes alone; the 19 that queued behind it share one file.
+    assert len(segments) == 1
+    loaded = {i.id: i.data for i in QueueStore(tmp_path / "queue").load()}
+    assert loaded == {item_id: b"%d\n" % n for n, item_id in enumerate(ids)}
+    assert counters.get("chasquid/queue/itemsWritten") == 20

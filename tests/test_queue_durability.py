@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from chasquid.queue import QueueStore
 
 # Puts items forever (bounded by the parent), printing each id as soon as put
@@ -29,23 +31,27 @@ class Resolver:
     async def resolve(self, addr):
         return [R(addr)]
 
-async def main():
-    queue = Queue(QueueStore(sys.argv[1]), Resolver)
-    await queue.load()
-    size = int(sys.argv[2])
-    for n in range(10_000):
+async def putter(queue, size, first, step):
+    for n in range(first, 10_000, step):
         data = (b"%d " % n) * (size // 8) + b"\n"
         item_id = await queue.put("f@example.org", ["to@example.com"], data)
         sys.stdout.write(f"{item_id} {len(data)}\n")
         sys.stdout.flush()
 
+async def main():
+    queue = Queue(QueueStore(sys.argv[1]), Resolver, max_items=100_000)
+    await queue.load()
+    size, writers = int(sys.argv[2]), int(sys.argv[3])
+    # Several writers at once: their puts are written together (segments).
+    await asyncio.gather(*(putter(queue, size, k, writers) for k in range(writers)))
+
 asyncio.run(main())
 """
 
 
-def run_and_kill(queue_dir: Path, size: int, kill_after: int) -> dict[str, int]:
+def run_and_kill(queue_dir: Path, size: int, kill_after: int, writers: int = 1) -> dict[str, int]:
     proc = subprocess.Popen(
-        [sys.executable, "-c", PUTTER, str(queue_dir), str(size)],
+        [sys.executable, "-c", PUTTER, str(queue_dir), str(size), str(writers)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -76,18 +82,21 @@ def run_and_kill(queue_dir: Path, size: int, kill_after: int) -> dict[str, int]:
     return {i.decode(): int(n) for i, n in (line.split() for line in lines)}
 
 
-def test_every_returned_put_survives_sigkill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writers", [1, 8])
+def test_every_returned_put_survives_sigkill(tmp_path: Path, writers: int) -> None:
     queue_dir = tmp_path / "queue"
-    returned = run_and_kill(queue_dir, size=1024, kill_after=30)
+    returned = run_and_kill(queue_dir, size=1024, kill_after=30 * writers, writers=writers)
     loaded = {item.id: item for item in QueueStore(queue_dir).load()}
     missing = set(returned) - set(loaded)
     assert not missing, f"items lost after SIGKILL: {sorted(missing)}"
     for item_id, length in returned.items():
         assert len(loaded[item_id].data) == length
         assert loaded[item_id].rcpts[0].address == "to@example.com"
-    # Nothing but complete items and (possibly) one temporary dot-file remain.
-    leftovers = [n for n in os.listdir(queue_dir) if not n.startswith((".", "m:"))]
-    assert leftovers == []
+    # Nothing but items, segments and (possibly) one temporary dot-file remain.
+    names = os.listdir(queue_dir)
+    assert [n for n in names if not n.startswith((".", "m:", "s:"))] == []
+    if writers > 1:
+        assert any(n.startswith("s:") for n in names)
 
 
 def test_large_items_survive_sigkill(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -120,7 +121,29 @@ def rcpt_to_json(r: QueuedRecipient) -> dict[str, Any]:
 
 def read_item(f: IO[bytes], source: str) -> QueueItem:
     """Parse one queue file from an open binary stream; source names it in errors."""
+    item = _read_next(f, source)
+    if item is None:
+        raise QueueFormatError(f"{source}: not a queue item (bad first line)")
+    if f.read(1):
+        raise QueueFormatError(f"{source}: unexpected bytes after the message data")
+    return item
+
+
+def read_items(f: IO[bytes], source: str) -> Iterator[QueueItem]:
+    """Parse a segment: items one after the other until the end of the stream.
+
+    Raises QueueFormatError at the first damaged item; the items before it
+    have been yielded already.
+    """
+    while (item := _read_next(f, source)) is not None:
+        yield item
+
+
+def _read_next(f: IO[bytes], source: str) -> QueueItem | None:
+    """The next item of the stream, or None at its very end."""
     first = f.readline(_MAX_FIRST_LINE)
+    if not first:
+        return None
     parts = first.split()
     if len(parts) != 4 or parts[0] != MAGIC or not first.endswith(b"\n"):
         raise QueueFormatError(f"{source}: not a queue item (bad first line)")
@@ -141,8 +164,6 @@ def read_item(f: IO[bytes], source: str) -> QueueItem:
         raise QueueFormatError(
             f"{source}: truncated message data ({len(data)} of {data_len} bytes)"
         )
-    if f.read(1):
-        raise QueueFormatError(f"{source}: unexpected bytes after the message data")
     try:
         envelope = json.loads(head)
     except ValueError as e:

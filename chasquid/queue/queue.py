@@ -147,7 +147,7 @@ class Queue:
             created_at=datetime.now(UTC),
         )
         try:
-            await self._write(item)
+            await self._write(item, new=True)
         except QueueStoreError as e:
             raise QueueError(f"failed to write item: {e}") from None
         self._register(item)
@@ -176,8 +176,8 @@ class Queue:
         except QueueStoreError as e:
             log.error("%s: failed to remove queue file: %s", item_id, e)
 
-    async def _write(self, item: QueueItem) -> None:
-        await self._submit(StoreOp(item=item))
+    async def _write(self, item: QueueItem, *, new: bool = False) -> None:
+        await self._submit(StoreOp(item=item, new=new))
         self.counters.inc(ITEMS_WRITTEN)
 
     async def _submit(self, op: StoreOp) -> None:

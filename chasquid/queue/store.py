@@ -1,7 +1,16 @@
-"""The queue directory: one durable file per item (blocking I/O; call from a thread)."""
+"""The queue directory: durable files of items (blocking I/O; call from a thread).
+
+Items written alone live in ``m:<id>`` files. Items that arrive together
+(a group commit) are written as one segment file ``s:<segment>``, so that a
+burst of messages costs one file creation and one fsync instead of one per
+message; an item completed while others of its segment are still queued is
+listed in ``d:<segment>`` so it is not loaded again. docs/queue-format.md
+describes the files.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -10,11 +19,14 @@ from pathlib import Path
 
 from chasquid.errors import ChasquidError
 from chasquid.fileio import atomic_write_parts, fsync_dir, write_synced_and_rename
-from chasquid.queue.item import QueueFormatError, QueueItem, read_item
+from chasquid.queue.ids import new_id
+from chasquid.queue.item import QueueFormatError, QueueItem, read_item, read_items
 
 log = logging.getLogger("chasquid.queue")
 
 FILE_PREFIX = "m:"
+SEGMENT_PREFIX = "s:"
+DONE_PREFIX = "d:"
 
 
 class QueueStoreError(ChasquidError):
@@ -23,20 +35,33 @@ class QueueStoreError(ChasquidError):
 
 @dataclass(frozen=True)
 class StoreOp:
-    """One queued change for QueueStore.apply: write ``item``, or remove ``item_id``."""
+    """One queued change for QueueStore.apply: write ``item``, or remove ``item_id``.
+
+    ``new`` marks the first write of an item, which has no file yet: new
+    items of one batch may share a segment file. Later writes of an item
+    (status changes) always go to its own ``m:`` file, which supersedes the
+    segment's copy.
+    """
 
     item: QueueItem | None = None
     item_id: str = ""
+    new: bool = False
 
 
 class QueueStore:
-    """Reads and writes queue items as files ``m:<id>`` in one directory."""
+    """Reads and writes queue items as files in one directory."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         # Files whose name does not match the id inside; removed with the item
         # so that it is not loaded (and delivered) again after a restart.
         self._strays: dict[str, Path] = {}
+        # Which segment holds each item's first version, and the items of each
+        # segment not yet completed; the file goes when that set empties.
+        self._segment_of: dict[str, str] = {}
+        self._live: dict[str, set[str]] = {}
+        # Segments with a damaged tail: never deleted, whatever completes.
+        self._keep: set[str] = set()
 
     def ensure(self) -> None:
         """Create the queue directory (mode 0700) if missing."""
@@ -48,7 +73,7 @@ class QueueStore:
             ) from None
 
     def path(self, item_id: str) -> Path:
-        """Where the item with this id lives."""
+        """Where the item with this id lives when written alone."""
         return self.directory / f"{FILE_PREFIX}{item_id}"
 
     def write(self, item: QueueItem) -> None:
@@ -59,44 +84,91 @@ class QueueStore:
             raise QueueStoreError(f"{self.path(item.id)}: {e.strerror or e}") from None
 
     def apply(self, ops: Sequence[StoreOp]) -> list[QueueStoreError | None]:
-        """Apply changes in order with one directory fsync for all the writes.
+        """Apply a batch of changes with one directory fsync for all the writes.
 
         Returns one entry per op: None if it succeeded, else its error. A write
         reported as succeeded is as durable as one done by ``write``: its file
         was fsynced and renamed, and the directory fsynced after the rename.
+        Two or more new items share one segment file. Removals are not
+        fsynced: one lost in a crash means a message delivered twice, never
+        one lost.
         """
-        results: list[QueueStoreError | None] = []
-        written: list[tuple[int, Path]] = []
+        results: list[QueueStoreError | None] = [None] * len(ops)
+        written: list[int] = []
+        # A new item cannot be updated or removed before its put returned, so
+        # writing the new ones first keeps every item's own order.
+        new = [n for n, op in enumerate(ops) if op.item is not None and op.new]
+        if len(new) >= 2:
+            self._write_segment(ops, new, results)
+            written.extend(n for n in new if results[n] is None)
+        done: dict[str, list[str]] = {}
         for n, op in enumerate(ops):
             if op.item is None:
                 try:
-                    self.remove(op.item_id)
-                    results.append(None)
+                    self._remove(op.item_id, done)
                 except QueueStoreError as e:
-                    results.append(e)
-                continue
-            path = self.path(op.item.id)
-            try:
-                write_synced_and_rename(path, op.item.encode(), 0o600)
-            except OSError as e:
-                results.append(QueueStoreError(f"{path}: {e.strerror or e}"))
-                continue
-            except Exception as e:
-                # One bad item (say, unencodable) must not fail the others of its batch.
-                results.append(QueueStoreError(f"{path}: {e}"))
-                continue
-            results.append(None)
-            written.append((n, path))
+                    results[n] = e
+            elif not (op.new and len(new) >= 2):
+                results[n] = self._write_file(op.item)
+                if results[n] is None:
+                    written.append(n)
+        self._record_done(done)
         if written:
             try:
                 fsync_dir(self.directory)
             except OSError as e:
-                for n, path in written:
-                    results[n] = QueueStoreError(f"{path}: {e.strerror or e}")
+                for n in written:
+                    results[n] = QueueStoreError(f"{self.directory}: {e.strerror or e}")
         return results
 
+    def _write_file(self, item: QueueItem) -> QueueStoreError | None:
+        path = self.path(item.id)
+        try:
+            write_synced_and_rename(path, item.encode(), 0o600)
+        except OSError as e:
+            return QueueStoreError(f"{path}: {e.strerror or e}")
+        except Exception as e:
+            # One bad item (say, unencodable) must not fail the others of its batch.
+            return QueueStoreError(f"{path}: {e}")
+        return None
+
+    def _write_segment(
+        self, ops: Sequence[StoreOp], indexes: list[int], results: list[QueueStoreError | None]
+    ) -> None:
+        parts: list[bytes] = []
+        ids: list[str] = []
+        for n in indexes:
+            item = ops[n].item
+            assert item is not None
+            try:
+                parts.extend(item.encode())
+            except Exception as e:
+                results[n] = QueueStoreError(f"{self.path(item.id)}: {e}")
+                continue
+            ids.append(item.id)
+        if not ids:
+            return
+        segment = new_id()
+        path = self.directory / f"{SEGMENT_PREFIX}{segment}"
+        try:
+            write_synced_and_rename(path, parts, 0o600)
+        except OSError as e:
+            error = QueueStoreError(f"{path}: {e.strerror or e}")
+            for n in indexes:
+                results[n] = results[n] or error
+            return
+        self._live[segment] = set(ids)
+        for item_id in ids:
+            self._segment_of[item_id] = segment
+
     def remove(self, item_id: str) -> None:
-        """Delete the item's file; a file already gone is not an error."""
+        """Delete the item's files (or note it done in its segment); gone already is fine."""
+        done: dict[str, list[str]] = {}
+        self._remove(item_id, done)
+        self._record_done(done)
+
+    def _remove(self, item_id: str, done: dict[str, list[str]]) -> None:
+        """Delete the item's own files; note it as done in its segment, if any."""
         paths = [self.path(item_id)]
         stray = self._strays.pop(item_id, None)
         if stray is not None:
@@ -108,9 +180,43 @@ class QueueStore:
                 pass
             except OSError as e:
                 raise QueueStoreError(f"cannot remove {p}: {e.strerror or e}") from None
+        segment = self._segment_of.pop(item_id, None)
+        if segment is not None:
+            self._live[segment].discard(item_id)
+            done.setdefault(segment, []).append(item_id)
+
+    def _record_done(self, done: dict[str, list[str]]) -> None:
+        """Delete segments with nothing left, and list the completed items of the others."""
+        for segment, ids in done.items():
+            seg_path = self.directory / f"{SEGMENT_PREFIX}{segment}"
+            done_path = self.directory / f"{DONE_PREFIX}{segment}"
+            try:
+                if not self._live[segment] and segment not in self._keep:
+                    del self._live[segment]
+                    # The segment first: a crash between the two leaves a
+                    # d: file on its own, which load() cleans up.
+                    _unlink(seg_path)
+                    _unlink(done_path)
+                    continue
+                fd = os.open(
+                    done_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                )
+                try:
+                    os.write(fd, "".join(f"{i}\n" for i in ids).encode("ascii"))
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                # The items are still done in memory; after a restart they
+                # would be delivered again, which is what the log says.
+                log.error(
+                    "cannot record completed items %s of %s: %s",
+                    " ".join(ids),
+                    seg_path,
+                    e.strerror or e,
+                )
 
     def load(self) -> list[QueueItem]:
-        """Read every ``m:*`` file; files that fail to parse are logged and left alone."""
+        """Read every item file and segment; files that fail to parse are logged and left alone."""
         items: dict[str, QueueItem] = {}
         try:
             names = sorted(os.listdir(self.directory))
@@ -118,28 +224,78 @@ class QueueStore:
             raise QueueStoreError(
                 f"cannot list queue directory {self.directory}: {e.strerror or e}"
             ) from None
+        segments = {n[len(SEGMENT_PREFIX) :] for n in names if n.startswith(SEGMENT_PREFIX)}
         for name in names:
-            if not name.startswith(FILE_PREFIX):
-                continue
-            path = self.directory / name
-            try:
-                with open(path, "rb") as f:
-                    item = read_item(f, str(path))
-            except QueueFormatError as e:
-                log.error("skipping queue file: %s", e)
-                continue
-            except OSError as e:
-                log.error("skipping queue file %s: %s", path, e.strerror or e)
-                continue
-            if item.id in items:
-                log.error(
-                    "skipping queue file %s: id %s already loaded from another file",
-                    path,
-                    item.id,
-                )
-                continue
-            if path != self.path(item.id):
-                log.warning("queue file %s holds item %s", path, item.id)
-                self._strays[item.id] = path
-            items[item.id] = item
+            if name.startswith(DONE_PREFIX) and name[len(DONE_PREFIX) :] not in segments:
+                with contextlib.suppress(OSError):
+                    _unlink(self.directory / name)
+        for segment in sorted(segments):
+            self._load_segment(segment, items)
+        # Own files after segments: an item's own file is its later version.
+        for name in names:
+            if name.startswith(FILE_PREFIX):
+                self._load_file(self.directory / name, items)
         return list(items.values())
+
+    def _load_segment(self, segment: str, items: dict[str, QueueItem]) -> None:
+        path = self.directory / f"{SEGMENT_PREFIX}{segment}"
+        try:
+            with open(self.directory / f"{DONE_PREFIX}{segment}", "rb") as f:
+                done = set(f.read().decode("ascii", "replace").split())
+        except FileNotFoundError:
+            done = set()
+        except OSError as e:
+            log.error("skipping queue segment %s: %s", path, e.strerror or e)
+            return
+        live: set[str] = set()
+        try:
+            with open(path, "rb") as f:
+                for item in read_items(f, str(path)):
+                    if item.id in done:
+                        continue
+                    if item.id in items:
+                        log.error("queue segment %s: id %s already loaded", path, item.id)
+                        continue
+                    items[item.id] = item
+                    live.add(item.id)
+        except QueueFormatError as e:
+            log.error("damaged queue segment (kept on disk): %s", e)
+            self._keep.add(segment)
+        except OSError as e:
+            log.error("skipping queue segment %s: %s", path, e.strerror or e)
+            for item_id in live:
+                del items[item_id]
+            return
+        if not live and segment not in self._keep:
+            with contextlib.suppress(OSError):
+                _unlink(path)
+                _unlink(self.directory / f"{DONE_PREFIX}{segment}")
+            return
+        self._live[segment] = live
+        for item_id in live:
+            self._segment_of[item_id] = segment
+
+    def _load_file(self, path: Path, items: dict[str, QueueItem]) -> None:
+        try:
+            with open(path, "rb") as f:
+                item = read_item(f, str(path))
+        except QueueFormatError as e:
+            log.error("skipping queue file: %s", e)
+            return
+        except OSError as e:
+            log.error("skipping queue file %s: %s", path, e.strerror or e)
+            return
+        if item.id in items and item.id not in self._segment_of:
+            log.error(
+                "skipping queue file %s: id %s already loaded from another file", path, item.id
+            )
+            return
+        if path != self.path(item.id):
+            log.warning("queue file %s holds item %s", path, item.id)
+            self._strays[item.id] = path
+        items[item.id] = item
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
