@@ -9,7 +9,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -451,9 +451,13 @@ def test_a_cancelled_put_is_still_written(tmp_path: Path) -> None:
 class SlowStore(QueueStore):
     """A store whose writes take a while, as fsync on a busy disk does."""
 
-    def apply(self, ops: Sequence[StoreOp]) -> list[QueueStoreError | None]:
+    def apply(
+        self,
+        ops: Sequence[StoreOp],
+        on_written: Callable[[list[QueueStoreError | None]], None] | None = None,
+    ) -> list[QueueStoreError | None]:
         time.sleep(0.3)
-        return super().apply(ops)
+        return super().apply(ops, on_written)
 
 
 def test_stop_waits_for_writes_in_progress(tmp_path: Path) -> None:
@@ -590,3 +594,27 @@ def test_concurrent_puts_are_written_together(tmp_path: Path) -> None:
     loaded = {i.id: i.data for i in QueueStore(tmp_path / "queue").load()}
     assert loaded == {item_id: b"%d\n" % n for n, item_id in enumerate(ids)}
     assert counters.get("chasquid/queue/itemsWritten") == 20
+
+
+def test_writes_are_acknowledged_before_the_removals_of_their_batch(tmp_path: Path) -> None:
+    class SlowRemovals(QueueStore):
+        def _record_done(self, done: dict[str, list[str]]) -> None:
+            time.sleep(0.5)
+            super()._record_done(done)
+
+    store = SlowRemovals(tmp_path / "queue")
+    store.ensure()
+    queue = Queue(store, lambda: FakeResolver(), 200, 3600)
+
+    async def run() -> None:
+        first = await queue.put("f@x.org", ["a@example.com"], b"1\n")
+        # A removal and a put handed over together (one batch): the put
+        # returns while the removal is still going on.
+        removal = asyncio.create_task(queue.remove(first))
+        await asyncio.sleep(0)
+        await queue.put("f@x.org", ["a@example.com"], b"2\n")
+        assert not removal.done()
+        await removal
+
+    asyncio.run(run())
+    assert [i.data for i in QueueStore(tmp_path / "queue").load()] == [b"2\n"]

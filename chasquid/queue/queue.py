@@ -190,12 +190,24 @@ class Queue:
         await fut
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._ops:
                 batch, self._ops = self._ops, []
+
+                def written(
+                    results: list[QueueStoreError | None],
+                    batch: list[tuple[StoreOp, asyncio.Future[None]]] = batch,
+                ) -> None:
+                    # From the store's thread, as soon as the writes are durable:
+                    # a put's 250 need not wait for the removals after them.
+                    loop.call_soon_threadsafe(_settle, batch, results, True)
+
                 try:
                     # fsync may take a long time: it must not stall the event loop.
-                    results = await asyncio.to_thread(self.store.apply, [op for op, _ in batch])
+                    results = await asyncio.to_thread(
+                        self.store.apply, [op for op, _ in batch], written
+                    )
                 except BaseException as e:
                     for _, fut in batch:
                         if not fut.done():
@@ -203,13 +215,7 @@ class Queue:
                     if isinstance(e, Exception):
                         continue  # reported to every waiter; later batches still go
                     raise
-                for (_, fut), error in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if error is None:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(error)
+                _settle(batch, results, False)
         finally:
             self._flusher = None
 
@@ -223,3 +229,18 @@ class Queue:
         self._items[item.id] = item
         if self.on_new_item is not None:
             self.on_new_item(item)
+
+
+def _settle(
+    batch: list[tuple[StoreOp, asyncio.Future[None]]],
+    results: list[QueueStoreError | None],
+    writes_only: bool,
+) -> None:
+    """Give each waiter of the batch its op's outcome (only the writes' when writes_only)."""
+    for (op, fut), error in zip(batch, results, strict=True):
+        if fut.done() or (writes_only and op.item is None):
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)

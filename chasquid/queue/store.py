@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,24 +83,45 @@ class QueueStore:
         except OSError as e:
             raise QueueStoreError(f"{self.path(item.id)}: {e.strerror or e}") from None
 
-    def apply(self, ops: Sequence[StoreOp]) -> list[QueueStoreError | None]:
+    def apply(
+        self,
+        ops: Sequence[StoreOp],
+        on_written: Callable[[list[QueueStoreError | None]], None] | None = None,
+    ) -> list[QueueStoreError | None]:
         """Apply a batch of changes with one directory fsync for all the writes.
 
         Returns one entry per op: None if it succeeded, else its error. A write
         reported as succeeded is as durable as one done by ``write``: its file
         was fsynced and renamed, and the directory fsynced after the rename.
-        Two or more new items share one segment file. Removals are not
-        fsynced: one lost in a crash means a message delivered twice, never
-        one lost.
+        Two or more new items share one segment file.
+
+        The writes are done first and then the removals, which are not
+        fsynced (one lost in a crash means a message delivered twice, never
+        one lost). ``on_written`` is called between the two with the writes'
+        results final, so their waiters need not wait for the removals.
         """
         results: list[QueueStoreError | None] = [None] * len(ops)
         written: list[int] = []
-        # A new item cannot be updated or removed before its put returned, so
-        # writing the new ones first keeps every item's own order.
         new = [n for n, op in enumerate(ops) if op.item is not None and op.new]
-        if len(new) >= 2:
+        in_segment = len(new) >= 2
+        if in_segment:
             self._write_segment(ops, new, results)
             written.extend(n for n in new if results[n] is None)
+        for n, op in enumerate(ops):
+            if op.item is not None and not (op.new and in_segment):
+                results[n] = self._write_file(op.item)
+                if results[n] is None:
+                    written.append(n)
+        if written:
+            try:
+                fsync_dir(self.directory)
+            except OSError as e:
+                for n in written:
+                    results[n] = QueueStoreError(f"{self.directory}: {e.strerror or e}")
+        if on_written is not None:
+            on_written(list(results))
+        # Removals after the writes: an item removed while its rewrite was on
+        # its way must stay removed.
         done: dict[str, list[str]] = {}
         for n, op in enumerate(ops):
             if op.item is None:
@@ -108,17 +129,7 @@ class QueueStore:
                     self._remove(op.item_id, done)
                 except QueueStoreError as e:
                     results[n] = e
-            elif not (op.new and len(new) >= 2):
-                results[n] = self._write_file(op.item)
-                if results[n] is None:
-                    written.append(n)
         self._record_done(done)
-        if written:
-            try:
-                fsync_dir(self.directory)
-            except OSError as e:
-                for n in written:
-                    results[n] = QueueStoreError(f"{self.directory}: {e.strerror or e}")
         return results
 
     def _write_file(self, item: QueueItem) -> QueueStoreError | None:
