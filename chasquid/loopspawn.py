@@ -44,6 +44,20 @@ class Finished:
     timed_out: bool
 
 
+def _inherited_environment() -> Mapping[bytes, bytes | str] | Mapping[str, bytes | str]:
+    """The daemon's environment, for posix_spawn.
+
+    os.environ's own dict of encoded bytes, which it keeps current: handing
+    os.environ itself makes posix_spawn decode and re-encode every variable
+    in Python on each run (measured: 6% of the event loop's time when
+    delivering through an MDA).
+    """
+    data = getattr(os.environ, "_data", None)
+    if isinstance(data, dict):
+        return data
+    return os.environ
+
+
 def usable(program: str, cwd: str | None) -> bool:
     """Whether run() can start program: a path, no change of directory, a Linux pidfd."""
     if "/" not in program or not _supported():
@@ -273,7 +287,7 @@ async def run(
         child.pid = os.posix_spawn(
             argv[0],
             list(argv),
-            os.environ if env is None else env,
+            _inherited_environment() if env is None else env,
             file_actions=actions,
             setsid=True,
             # Python ignores SIGPIPE (and Popen restores these two for its children).

@@ -128,3 +128,16 @@ def test_programs_get_default_sigpipe(tmp_path: Path, cwd: Path) -> None:
     prog = script(tmp_path, "yes | head -n 1\n")
     res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10, output=Output.SEPARATE))
     assert (res.returncode, res.stdout, res.stderr) == (0, b"y\n", b"")
+
+
+def test_programs_inherit_the_current_environment(
+    tmp_path: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prog = script(tmp_path, 'echo "$CHASQUID_TEST_VAR"\n')
+    monkeypatch.setenv("CHASQUID_TEST_VAR", "first ñ")
+    assert asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10)).output == (
+        "first ñ\n".encode()
+    )
+    # Changed after earlier runs: programs see the new value.
+    monkeypatch.setenv("CHASQUID_TEST_VAR", "second")
+    assert asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10)).output == b"second\n"
