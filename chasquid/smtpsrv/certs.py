@@ -10,10 +10,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from chasquid.errors import ChasquidError
+from chasquid.smtpsrv.certnames import certificate_names, first_pem_certificate
 
 log = logging.getLogger("chasquid.smtpsrv")
 
@@ -36,12 +34,7 @@ def valid_hostname(name: str) -> bool:
 
 
 def _names(pem: bytes) -> tuple[str, ...]:
-    cert = x509.load_pem_x509_certificate(pem)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        names = san.value.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        names = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    names = certificate_names(first_pem_certificate(pem))
     return tuple(n.lower().rstrip(".") for n in names)
 
 
