@@ -151,7 +151,14 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
             s.close()
         for ctx in contexts:
             await ctx.sessions.drain(0)
+        # Sessions a test left mid-dialogue (or still being accepted): end
+        # them here rather than leave pending tasks to a dead loop.
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
 
     asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+    loop.close()
