@@ -131,9 +131,8 @@ class Server:
     proc: subprocess.Popen[bytes]
 
     def cpu_seconds(self) -> float:
-        """CPU of the server and its programs: its own, and its live children's (our
-        spawn helper, whose own children are the MDAs), each with the children
-        it waited for."""
+        """CPU of the server and its programs: its own and, recursively, its live
+        children's, each with the children it waited for."""
         return _tree_cpu(self.proc.pid) / TICKS
 
     def peak_rss_mib(self) -> float:
