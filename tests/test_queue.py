@@ -618,3 +618,18 @@ def test_writes_are_acknowledged_before_the_removals_of_their_batch(tmp_path: Pa
 
     asyncio.run(run())
     assert [i.data for i in QueueStore(tmp_path / "queue").load()] == [b"2\n"]
+
+
+def test_a_rewrite_releases_the_segment_copy(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path)
+    a, b = sample_item(b"a\n"), sample_item(b"b\n")
+    store.apply([StoreOp(item=a, new=True), StoreOp(item=b, new=True)])
+    (segment,), _ = segment_files(tmp_path)
+    # a's first attempt failed: its own file now holds it, the segment's copy is done.
+    failed = a.with_status(0, RecipientStatus.PENDING, "try later")
+    store.apply([StoreOp(item=failed)])
+    assert (tmp_path / f"d:{segment[2:]}").read_text() == f"{a.id}\n"
+    # b delivered: nothing needs the segment any more, though a is still queued.
+    store.remove(b.id)
+    assert sorted(os.listdir(tmp_path)) == [f"m:{a.id}"]
+    assert QueueStore(tmp_path).load() == [failed]

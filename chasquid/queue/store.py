@@ -3,9 +3,10 @@
 Items written alone live in ``m:<id>`` files. Items that arrive together
 (a group commit) are written as one segment file ``s:<segment>``, so that a
 burst of messages costs one file creation and one fsync instead of one per
-message; an item completed while others of its segment are still queued is
-listed in ``d:<segment>`` so it is not loaded again. docs/queue-format.md
-describes the files.
+message. An item finished, or rewritten to its own ``m:`` file, while others
+of its segment are still queued is listed in ``d:<segment>`` so that the
+segment's copy is not loaded again; the segment goes with its last item.
+docs/queue-format.md describes the files.
 """
 
 from __future__ import annotations
@@ -112,17 +113,25 @@ class QueueStore:
                 results[n] = self._write_file(op.item)
                 if results[n] is None:
                     written.append(n)
+        done: dict[str, list[str]] = {}
         if written:
             try:
                 fsync_dir(self.directory)
             except OSError as e:
                 for n in written:
                     results[n] = QueueStoreError(f"{self.directory}: {e.strerror or e}")
+            else:
+                # A rewritten item no longer needs its segment's copy: letting
+                # it go frees the segment (and the disk space of the others)
+                # while this one waits hours for its next attempt.
+                for n in written:
+                    op = ops[n]
+                    if op.item is not None and not op.new:
+                        self._release(op.item.id, done)
         if on_written is not None:
             on_written(list(results))
         # Removals after the writes: an item removed while its rewrite was on
         # its way must stay removed.
-        done: dict[str, list[str]] = {}
         for n, op in enumerate(ops):
             if op.item is None:
                 try:
@@ -179,7 +188,7 @@ class QueueStore:
         self._record_done(done)
 
     def _remove(self, item_id: str, done: dict[str, list[str]]) -> None:
-        """Delete the item's own files; note it as done in its segment, if any."""
+        """Delete the item's own files and release its segment copy."""
         paths = [self.path(item_id)]
         stray = self._strays.pop(item_id, None)
         if stray is not None:
@@ -191,13 +200,17 @@ class QueueStore:
                 pass
             except OSError as e:
                 raise QueueStoreError(f"cannot remove {p}: {e.strerror or e}") from None
+        self._release(item_id, done)
+
+    def _release(self, item_id: str, done: dict[str, list[str]]) -> None:
+        """The item's copy in its segment, if any, is no longer needed."""
         segment = self._segment_of.pop(item_id, None)
         if segment is not None:
             self._live[segment].discard(item_id)
             done.setdefault(segment, []).append(item_id)
 
     def _record_done(self, done: dict[str, list[str]]) -> None:
-        """Delete segments with nothing left, and list the completed items of the others."""
+        """Delete segments with nothing left, and list the released items of the others."""
         for segment, ids in done.items():
             seg_path = self.directory / f"{SEGMENT_PREFIX}{segment}"
             done_path = self.directory / f"{DONE_PREFIX}{segment}"
