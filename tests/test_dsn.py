@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, Message
 from email.policy import default
 
+from chasquid.aliases import RecipientKind
 from chasquid.queue.dsn import (
     MAX_ORIGINAL_DATA,
     build_dsn,
@@ -15,7 +16,7 @@ from chasquid.queue.dsn import (
     original_message_id,
     reporting_domain,
 )
-from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 
 NOW = datetime(2024, 3, 5, 14, 7, 9, tzinfo=timezone(timedelta(hours=-3)))
 ORIG = b"From: a@x\nTo: b@y\nMessage-ID: <orig-1@x>\nSubject: hi\n\nbody line\n"

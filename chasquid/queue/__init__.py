@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from chasquid.aliases import RecipientKind
 from chasquid.queue.ids import new_id
-from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.queue import Queue, QueueError
 from chasquid.queue.store import QueueStore
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from chasquid.aliases import RecipientKind
 from chasquid.courier.base import Courier, DeliveryError
 from chasquid.courier.srs import forward_sender
 from chasquid.errors import ChasquidError
@@ -33,7 +34,7 @@ from chasquid.maillog import MailLog
 from chasquid.metrics import Counters
 from chasquid.normalize import split_addr
 from chasquid.queue.dsn import build_dsn, reporting_domain
-from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.queue import Queue, QueueError
 
 if TYPE_CHECKING:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
+from chasquid.aliases import RecipientKind
 from chasquid.errors import ChasquidError
 
 MAGIC = b"chasquid-queue-item"
@@ -22,14 +23,6 @@ _MAX_FIRST_LINE = 128
 
 class QueueFormatError(ChasquidError):
     """A queue file that cannot be parsed."""
-
-
-class RecipientKind(StrEnum):
-    """How a recipient is delivered."""
-
-    EMAIL = "email"
-    PIPE = "pipe"
-    FORWARD = "forward"
 
 
 class RecipientStatus(StrEnum):

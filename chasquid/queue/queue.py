@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
+from chasquid.aliases import RecipientKind
 from chasquid.errors import ChasquidError
 from chasquid.metrics import Counters
 from chasquid.queue.ids import new_id
-from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientKind, RecipientStatus
+from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.store import QueueStore, QueueStoreError, StoreOp
 
 log = logging.getLogger("chasquid.queue")
