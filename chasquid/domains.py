@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -119,18 +119,8 @@ def _build(
         aliases.update(table)
         counts[domain] = counts.get(domain, 0) + len(table)
     local = frozenset(users) | {LOCALHOST}
-    resolver = Resolver(
-        aliases=aliases,
-        local_domains=local,
-        users=users,
-        drops=template.drops,
-        separators=template.separators,
-        hook=template.hook,
-        hook_cwd=template.hook_cwd,
-        hook_timeout=template.hook_timeout,
-        fallback=template.fallback,
-        counters=template.counters,
-    )
+    # The template carries everything but the loaded tables.
+    resolver = replace(template, aliases=aliases, local_domains=local, users=users)
     return Domains(
         users=MappingProxyType(users),
         resolver=resolver,
