@@ -77,6 +77,12 @@ class QueueStore:
         """Where the item with this id lives when written alone."""
         return self.directory / f"{FILE_PREFIX}{item_id}"
 
+    def _segment_path(self, segment: str) -> Path:
+        return self.directory / f"{SEGMENT_PREFIX}{segment}"
+
+    def _done_path(self, segment: str) -> Path:
+        return self.directory / f"{DONE_PREFIX}{segment}"
+
     def write(self, item: QueueItem) -> None:
         """Durably (re)write the item: when this returns, it survives a crash."""
         try:
@@ -169,7 +175,7 @@ class QueueStore:
         if not ids:
             return
         segment = new_id()
-        path = self.directory / f"{SEGMENT_PREFIX}{segment}"
+        path = self._segment_path(segment)
         try:
             write_synced_and_rename(path, parts, 0o600)
         except OSError as e:
@@ -195,9 +201,7 @@ class QueueStore:
             paths.append(stray)
         for p in paths:
             try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
+                _unlink(p)
             except OSError as e:
                 raise QueueStoreError(f"cannot remove {p}: {e.strerror or e}") from None
         self._release(item_id, done)
@@ -212,8 +216,8 @@ class QueueStore:
     def _record_done(self, done: dict[str, list[str]]) -> None:
         """Delete segments with nothing left, and list the released items of the others."""
         for segment, ids in done.items():
-            seg_path = self.directory / f"{SEGMENT_PREFIX}{segment}"
-            done_path = self.directory / f"{DONE_PREFIX}{segment}"
+            seg_path = self._segment_path(segment)
+            done_path = self._done_path(segment)
             try:
                 if not self._live[segment] and segment not in self._keep:
                     del self._live[segment]
@@ -262,9 +266,9 @@ class QueueStore:
         return list(items.values())
 
     def _load_segment(self, segment: str, items: dict[str, QueueItem]) -> None:
-        path = self.directory / f"{SEGMENT_PREFIX}{segment}"
+        path = self._segment_path(segment)
         try:
-            with open(self.directory / f"{DONE_PREFIX}{segment}", "rb") as f:
+            with open(self._done_path(segment), "rb") as f:
                 done = set(f.read().decode("ascii", "replace").split())
         except FileNotFoundError:
             done = set()
@@ -293,7 +297,7 @@ class QueueStore:
         if not live and segment not in self._keep:
             with contextlib.suppress(OSError):
                 _unlink(path)
-                _unlink(self.directory / f"{DONE_PREFIX}{segment}")
+                _unlink(self._done_path(segment))
             return
         self._live[segment] = live
         for item_id in live:
