@@ -284,6 +284,10 @@ async def run(
     child = _Child(loop, max_output)
     actions, theirs = _pipes(child, stdin is not None, output)
     try:
+        # This blocks the loop until the child has exec'd (vfork), and
+        # os.posix_spawn keeps the GIL meanwhile, so a worker thread would not
+        # help; under load the wait is mostly the child queued for a CPU.
+        # bench/README.md has the measurements and the alternatives tried.
         child.pid = os.posix_spawn(
             argv[0],
             list(argv),
