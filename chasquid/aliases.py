@@ -252,9 +252,6 @@ class Resolver:
         _, domain = split_addr(addr)
         return not domain or domain in self.local_domains
 
-    def _count_no_hook(self) -> None:
-        self._count("notset" if self.hook is None else "skip")
-
     def _count(self, result: str) -> None:
         if self.counters is not None:
             self.counters.inc(HOOK_COUNTER, f"resolve:{result}")
@@ -296,7 +293,7 @@ class Resolver:
         if hook is None:
             hook = self.hook_present()
         if not hook:
-            self._count_no_hook()
+            self._count("notset" if self.hook is None else "skip")
             return entries
         return entries + await self._run_hook(addr)
 
@@ -324,12 +321,7 @@ class Resolver:
         entries = await self.lookup(addr, hook=hook)
         if not entries:
             looked_up = clean(addr, self.drops, self.separators)
-            if looked_up != addr or hook:
-                entries = await self.lookup(looked_up, hook=hook)
-            else:
-                # Without a hook the same address cannot give another answer;
-                # the counters still see one look-up per step.
-                self._count_no_hook()
+            entries = await self.lookup(looked_up, hook=hook)
         from_catchall = False
         if not entries:
             cleaned_user, _ = split_addr(looked_up)
@@ -379,11 +371,7 @@ class Resolver:
         _, domain = split_addr(addr)
         # One existence check of the hook for the three look-ups of one RCPT.
         hook = self.hook_present()
-        cleaned = clean(addr, self.drops, self.separators)
-        for candidate in (addr, cleaned, f"*@{domain}"):
-            if candidate is cleaned and cleaned == addr and not hook:
-                self._count_no_hook()  # the same file look-up again: it cannot differ
-                continue
+        for candidate in (addr, clean(addr, self.drops, self.separators), f"*@{domain}"):
             try:
                 if await self.lookup(candidate, hook=hook):
                     return True
