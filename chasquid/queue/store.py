@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.errors import ChasquidError
-from chasquid.fileio import atomic_write_parts, fsync_dir, write_synced_and_rename
+from chasquid.fileio import fsync_dir, write_synced_and_rename
 from chasquid.queue.ids import new_id
 from chasquid.queue.item import QueueFormatError, QueueItem, read_item, read_items
 
@@ -85,10 +85,16 @@ class QueueStore:
 
     def write(self, item: QueueItem) -> None:
         """Durably (re)write the item: when this returns, it survives a crash."""
-        try:
-            atomic_write_parts(self.path(item.id), item.encode(), 0o600)
-        except OSError as e:
-            raise QueueStoreError(f"{self.path(item.id)}: {e.strerror or e}") from None
+        self._apply_one(StoreOp(item=item))
+
+    def remove(self, item_id: str) -> None:
+        """Delete the item's files (or note it done in its segment); gone already is fine."""
+        self._apply_one(StoreOp(item_id=item_id))
+
+    def _apply_one(self, op: StoreOp) -> None:
+        [error] = self.apply([op])
+        if error is not None:
+            raise error
 
     def apply(
         self,
@@ -186,12 +192,6 @@ class QueueStore:
         self._live[segment] = set(ids)
         for item_id in ids:
             self._segment_of[item_id] = segment
-
-    def remove(self, item_id: str) -> None:
-        """Delete the item's files (or note it done in its segment); gone already is fine."""
-        done: dict[str, list[str]] = {}
-        self._remove(item_id, done)
-        self._record_done(done)
 
     def _remove(self, item_id: str, done: dict[str, list[str]]) -> None:
         """Delete the item's own files and release its segment copy."""
