@@ -157,6 +157,19 @@ class _Connection:
         self.close()
 
 
+def _wire_rcpts(
+    rcpts: Sequence[str], smtputf8: bool, results: dict[str, DeliveryError | None]
+) -> list[tuple[str, str]]:
+    """(recipient, its RCPT form) for those that can be sent; the others get their error."""
+    wires: list[tuple[str, str]] = []
+    for r in rcpts:
+        try:
+            wires.append((r, _wire_address(r, smtputf8)))
+        except DeliveryError as e:
+            results[r] = e
+    return wires
+
+
 def _wire_address(addr: str, smtputf8: bool) -> str:
     """The address as sent in MAIL/RCPT; raises DeliveryError if it cannot be sent."""
     if addr in ("", "<>"):
@@ -316,12 +329,7 @@ class LMTPCourier:
                 return
             stage = "RCPT"
             accepted: list[str] = []
-            for r in rcpts:
-                try:
-                    wire = _wire_address(r, offered_utf8)
-                except DeliveryError as e:
-                    results[r] = e
-                    continue
+            for r, wire in _wire_rcpts(rcpts, offered_utf8, results):
                 reply = await conn.command(f"RCPT TO:<{wire}>")
                 if 200 <= reply.code <= 299:
                     accepted.append(r)
@@ -370,12 +378,7 @@ class LMTPCourier:
         results: dict[str, DeliveryError | None],
     ) -> None:
         """MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in order."""
-        wires: list[tuple[str, str]] = []
-        for r in rcpts:
-            try:
-                wires.append((r, _wire_address(r, offered_utf8)))
-            except DeliveryError as e:
-                results[r] = e
+        wires = _wire_rcpts(rcpts, offered_utf8, results)
         if not wires:
             return
         lines = [mail_cmd, *(f"RCPT TO:<{w}>" for _, w in wires), "DATA"]
