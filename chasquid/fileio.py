@@ -32,21 +32,7 @@ def atomic_write(
     the file has that owner from the moment it appears, when the writer may
     give files away (root); otherwise it keeps the writer's.
     """
-    atomic_write_parts(path, (data,), mode, owner)
-
-
-def atomic_write_parts(
-    path: str | os.PathLike[str],
-    parts: Iterable[bytes],
-    mode: int = 0o600,
-    owner: tuple[int, int] | None = None,
-) -> None:
-    """Like atomic_write, with the content given as consecutive parts.
-
-    Lets callers put a small header before a large body without first
-    concatenating them (a copy of the body).
-    """
-    write_synced_and_rename(path, parts, mode, owner)
+    write_synced_and_rename(path, (data,), mode, owner)
     fsync_dir(Path(path).parent)
 
 
@@ -56,10 +42,11 @@ def write_synced_and_rename(
     mode: int = 0o600,
     owner: tuple[int, int] | None = None,
 ) -> None:
-    """atomic_write_parts without the final directory fsync.
+    """atomic_write without the final directory fsync, the content given as parts.
 
     For callers that rename several files and then fsync their common
     directory once; until that fsync the renames may not survive a crash.
+    The parts (a header, a body) are written without being joined first.
     """
     target = Path(path)
     directory = target.parent
