@@ -24,6 +24,8 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from chasquid import cpuplacement
+
 _CHUNK = 64 * 1024
 
 _RESTORED_SIGNALS = tuple(
@@ -283,10 +285,11 @@ async def run(
     loop = asyncio.get_running_loop()
     child = _Child(loop, max_output)
     actions, theirs = _pipes(child, stdin is not None, output)
+    pinned = cpuplacement.pin()
     try:
         # This blocks the loop until the child has exec'd (vfork), and
         # os.posix_spawn keeps the GIL meanwhile, so a worker thread would not
-        # help; under load the wait is mostly the child queued for a CPU.
+        # help; cpuplacement keeps the child from queueing for another CPU.
         # bench/README.md has the measurements and the alternatives tried.
         child.pid = os.posix_spawn(
             argv[0],
@@ -302,6 +305,7 @@ async def run(
             os.close(fd)
         raise
     finally:
+        cpuplacement.release(pinned, child.pid)
         for fd in theirs:
             os.close(fd)
     try:
