@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from importlib import metadata
 from pathlib import Path
 
 import chasquid
 
 
 def version() -> str:
-    """The installed distribution's version, or the package's own when not installed."""
-    try:
-        return metadata.version("chasquid-py")
-    except metadata.PackageNotFoundError:
-        return chasquid.__version__
+    """This chasquid's version (pyproject.toml reads the same attribute)."""
+    return chasquid.__version__
 
 
 def source_date() -> datetime.datetime:
