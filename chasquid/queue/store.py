@@ -216,18 +216,15 @@ class QueueStore:
     def _record_done(self, done: dict[str, list[str]]) -> None:
         """Delete segments with nothing left, and list the released items of the others."""
         for segment, ids in done.items():
-            seg_path = self._segment_path(segment)
-            done_path = self._done_path(segment)
             try:
                 if not self._live[segment] and segment not in self._keep:
                     del self._live[segment]
-                    # The segment first: a crash between the two leaves a
-                    # d: file on its own, which load() cleans up.
-                    _unlink(seg_path)
-                    _unlink(done_path)
+                    self._delete_segment(segment)
                     continue
                 fd = os.open(
-                    done_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+                    self._done_path(segment),
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                    0o600,
                 )
                 try:
                     os.write(fd, "".join(f"{i}\n" for i in ids).encode("ascii"))
@@ -239,9 +236,15 @@ class QueueStore:
                 log.error(
                     "cannot record completed items %s of %s: %s",
                     " ".join(ids),
-                    seg_path,
+                    self._segment_path(segment),
                     e.strerror or e,
                 )
+
+    def _delete_segment(self, segment: str) -> None:
+        # The segment first: a crash between the two leaves a d: file on its
+        # own, which load() cleans up.
+        _unlink(self._segment_path(segment))
+        _unlink(self._done_path(segment))
 
     def load(self) -> list[QueueItem]:
         """Read every item file and segment; files that fail to parse are logged and left alone."""
@@ -296,8 +299,7 @@ class QueueStore:
             return
         if not live and segment not in self._keep:
             with contextlib.suppress(OSError):
-                _unlink(path)
-                _unlink(self._done_path(segment))
+                self._delete_segment(segment)
             return
         self._live[segment] = live
         for item_id in live:
