@@ -289,7 +289,7 @@ async def run(
     try:
         # This blocks the loop until the child has exec'd (vfork), and
         # os.posix_spawn keeps the GIL meanwhile, so a worker thread would not
-        # help; cpuplacement keeps the child from queueing for another CPU.
+        # help; cpuplacement has the child run at once on the loop's own CPU.
         # bench/README.md has the measurements and the alternatives tried.
         child.pid = os.posix_spawn(
             argv[0],
