@@ -19,7 +19,6 @@ taskset is respected. With a single allowed CPU nothing changes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 from collections.abc import Callable
@@ -28,6 +27,10 @@ from dataclasses import dataclass
 
 @functools.cache
 def _sched_getcpu() -> Callable[[], int] | None:
+    # Imported at the first spawn, not at start-up: a daemon delivering over
+    # LMTP without hooks never spawns, and ctypes costs 0.3 MiB resident.
+    import ctypes
+
     # PyDLL keeps the GIL during the call: releasing it for a vDSO read would
     # let a waiting thread take the GIL and stall the loop for a switch interval.
     try:
