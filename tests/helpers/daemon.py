@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import trustme
 
 from chasquid.userdb import UserDB
 from helpers.dns import failing_dns
+from helpers.ports import free_port
 from helpers.requirements import unavailable
 
 DOMAIN = "testserver"
@@ -48,13 +48,6 @@ def messages(log: str, levels: str = "☠E_.") -> list[str]:
         if m and m.group(1) in levels:
             out.append(line[m.end() :])
     return out
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chasquid_command() -> list[str]:

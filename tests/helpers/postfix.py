@@ -43,6 +43,7 @@ from typing import Any
 import pytest
 import trustme
 
+from helpers.ports import free_port
 from helpers.requirements import unavailable
 
 DOMAIN = "postfix.test"
@@ -103,13 +104,6 @@ def require_postfix() -> str:
         unavailable(reason)
     assert path is not None
     return path
-
-
-def free_port(host: str = ADDRESS) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _inline_map(entries: Mapping[str, str]) -> str:
@@ -403,7 +397,7 @@ def running_postfix(
     link.symlink_to(root, target_is_directory=True)
     instance = Postfix(
         root,
-        port=free_port(),
+        port=free_port(ADDRESS),
         ca=ca or trustme.CA(),
         relays=relays or {},
         users=users,

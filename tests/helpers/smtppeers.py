@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,34 +22,14 @@ from chasquid.courier.smtp import SMTPCourier, Timeouts
 from chasquid.domaininfo import DomainInfoStore
 from chasquid.metrics import Counters
 from chasquid.sts import StsCache
+from helpers.ports import free_port
 
 HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]
 
 
-def _port_free_everywhere(port: int) -> bool:
-    socks: list[socket.socket] = []
-    try:
-        for host in HOSTS:
-            s = socket.socket()
-            socks.append(s)
-            s.bind((host, port))
-        return True
-    except OSError:
-        return False
-    finally:
-        for s in socks:
-            s.close()
-
-
 def shared_port() -> int:
     """A TCP port free on every test host address."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind((HOSTS[0], 0))
-            port = int(s.getsockname()[1])
-        if _port_free_everywhere(port):
-            return port
-    raise RuntimeError("no port free on every loopback test address")
+    return free_port(*HOSTS)
 
 
 @dataclass

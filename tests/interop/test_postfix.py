@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from helpers.daemon import Daemon, DaemonFactory, Setup, free_port
+from helpers.daemon import Daemon, DaemonFactory, Setup
 from helpers.dns import dns_server
+from helpers.ports import free_port
 from helpers.postfix import Postfix
 
 OURS = "ours.test"
