@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
+from helpers.programs import shell_script
 
 from chasquid.aliases import (
     AliasError,
@@ -304,9 +305,7 @@ def test_fallback_and_backend_errors() -> None:
 def hook(tmp_path: Path, body: str, mode: int = 0o755) -> Path:
     p = tmp_path / "hooks" / "alias-resolve"
     p.parent.mkdir(exist_ok=True)
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(mode)
-    return p
+    return shell_script(p, body, mode)
 
 
 def test_hook_success(tmp_path: Path) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers.programs import executable
 
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.mda import MDACourier, sanitize, substitute_args, to_crlf
@@ -21,9 +21,7 @@ DATA = b"Subject: hi\n\nline 1\r\nline 2\n\nlast"
 
 def script(path: Path, body: str) -> Path:
     """Write an executable Python script and return its path."""
-    path.write_text(f"#!{sys.executable}\nimport os, sys, json, signal, time\n{body}\n")
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
+    return executable(path, f"#!{sys.executable}\nimport os, sys, json, signal, time\n{body}\n")
 
 
 # Records argv, cwd and stdin into the files named by the first argument.

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.programs import executable
 
 from chasquid.process import ProgramStartError, run_program
 
@@ -29,10 +30,7 @@ def parse_cpu_list(text: str) -> set[int]:
 def in_own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run programs as the daemon does: by path, from its own directory (the loop spawns them)."""
     monkeypatch.chdir(tmp_path)
-    prog = tmp_path / "report-mask"
-    prog.write_text(REPORT_MASK)
-    prog.chmod(0o755)
-    return prog
+    return executable(tmp_path / "report-mask", REPORT_MASK)
 
 
 @pytest.fixture

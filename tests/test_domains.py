@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
+from helpers.programs import shell_script
 
 from chasquid.aliases import RcptStatus, Recipient
 from chasquid.config import Config
@@ -62,8 +63,7 @@ def test_discovery_counts_and_summary(cfg_dir: Path) -> None:
 def test_resolver_uses_config_and_hook(cfg_dir: Path) -> None:
     hook = cfg_dir / "hooks" / "alias-resolve"
     hook.parent.mkdir()
-    hook.write_text('#!/bin/sh\n[ "$1" = "hooked@localhost" ] && cat marker\nexit 0\n')
-    hook.chmod(0o755)
+    shell_script(hook, '[ "$1" = "hooked@localhost" ] && cat marker\nexit 0\n')
     (cfg_dir / "marker").write_text("x@remote\n")  # read relative to the config dir
     d = load_domains(cfg_dir, config(drop_characters="-", suffix_separators="_"))
     r = d.resolver

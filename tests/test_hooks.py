@@ -8,15 +8,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.programs import shell_script
 
 from chasquid.hooks import HookError, HookMissingError, run_hook
 
 
 def script(tmp_path: Path, body: str, name: str = "hook", mode: int = 0o755) -> Path:
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(mode)
-    return p
+    return shell_script(tmp_path / name, body, mode)
 
 
 def test_success_args_stdin_env_cwd(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.programs import shell_script
 
 from chasquid.process import Output, ProgramStartError, run_program
 
@@ -23,10 +24,7 @@ def cwd(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def script(tmp_path: Path, body: str, name: str = "prog") -> str:
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
+    return str(shell_script(tmp_path / name, body))
 
 
 def test_output_modes(tmp_path: Path, cwd: Path) -> None:

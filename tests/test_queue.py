@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from helpers.programs import shell_script
 
 from chasquid.metrics import Counters
 from chasquid.queue import (
@@ -379,8 +380,7 @@ def test_put_with_the_real_alias_resolver(tmp_path: Path) -> None:
     from chasquid.aliases import Resolver, parse_aliases
 
     hook = tmp_path / "alias-resolve"
-    hook.write_text('#!/bin/sh\n[ "$1" = roto@testserver ] && exit 1\nexit 0\n')
-    hook.chmod(0o755)
+    shell_script(hook, '[ "$1" = roto@testserver ] && exit 1\nexit 0\n')
     table = parse_aliases(
         "list: a, fwd@remote.net via mx.remote.net\npipe: | cat -n\n",
         "testserver",

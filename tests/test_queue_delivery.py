@@ -7,7 +7,6 @@ import email
 import email.policy
 import functools
 import os
-import stat
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.programs import shell_script
 
 from chasquid.aliases import Recipient, RecipientKind
 from chasquid.courier.base import DeliveryError
@@ -76,12 +76,6 @@ class RecordingRemote:
         return {r: self.error for r in rcpts}
 
 
-def write_script(path: Path, body: str) -> Path:
-    path.write_text("#!/bin/sh\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return path
-
-
 @dataclass
 class Env:
     tmp: Path
@@ -112,7 +106,7 @@ def make_env(
 ) -> Env:
     mailbox = tmp_path / "mailbox"
     mailbox.mkdir()
-    mda = write_script(tmp_path / "mda.sh", mda_body.replace("MAILBOX", str(mailbox)))
+    mda = shell_script(tmp_path / "mda.sh", mda_body.replace("MAILBOX", str(mailbox)))
     queue = Queue(
         QueueStore(tmp_path / "queue"), lambda: StaticResolver(table or {}), give_up=give_up
     )
@@ -295,7 +289,7 @@ async def test_old_item_at_load_gets_no_attempt_only_dsn(tmp_path: Path) -> None
 @sync
 async def test_pipe_gets_lf_data_and_failure_is_permanent(tmp_path: Path) -> None:
     out = tmp_path / "piped"
-    write_script(tmp_path / "save.sh", f'cat > "{out}"\n')
+    shell_script(tmp_path / "save.sh", f'cat > "{out}"\n')
     table = {
         "p@local.test": [Recipient("./save.sh", RecipientKind.PIPE)],
         "q@local.test": [Recipient("false", RecipientKind.PIPE)],

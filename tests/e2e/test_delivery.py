@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.daemon import DaemonFactory, Setup, start
+from helpers.programs import shell_script
 
 MESSAGE = b"From: user@testserver\r\nSubject: hello there\r\n\r\nFirst line.\r\n\r\n.dot line\r\n"
 
@@ -78,9 +79,7 @@ def test_maildir_pipe_and_catch_all(chasquid_setup: Setup, chasquid_daemon: Daem
     s = chasquid_setup
     s.set_mda(maildir_mda(s))
     piped = s.root / "piped"
-    pipe = s.config_dir / "pipe.sh"
-    pipe.write_text(f'#!/bin/sh\ncat > "{piped}"\n')
-    pipe.chmod(0o755)
+    shell_script(s.config_dir / "pipe.sh", f'cat > "{piped}"\n')
     (s.config_dir / "domains" / s.domain / "aliases").write_text("pipe: | ./pipe.sh\n*: user\n")
     d = chasquid_daemon()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trustme
 from helpers.dns import dns_server
+from helpers.programs import executable
 
 from chasquid import config as configmod
 from chasquid.domaininfo import DomainInfoStore
@@ -112,9 +113,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         _write_config(root, ca, conf)
         cdir = ConfigDir(root / "conf")
         if hook is not None:
-            hook_path = cdir.hooks / "post-data"
-            hook_path.write_text(hook)
-            hook_path.chmod(0o755)
+            executable(cdir.hooks / "post-data", hook)
         config = configmod.load(cdir.root)
         domains: Domains = load_domains(cdir.root, config)
         certs = load_certificates(cdir.certs)
