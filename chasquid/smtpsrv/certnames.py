@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import NamedTuple
 
 _BEGIN = b"-----BEGIN CERTIFICATE-----"
 _END = b"-----END CERTIFICATE-----"
@@ -55,13 +56,14 @@ def certificate_names(der: bytes) -> tuple[str, ...]:
         raise ValueError("empty certificate")
     fields = _items(_only(parts[0], _SEQUENCE))
     # version ([0], optional), serial, signature algorithm, issuer, validity, subject.
-    at = 1 if fields and fields[0][0] == 0xA0 else 0
+    at = 1 if fields and fields[0].tag == 0xA0 else 0
     if len(fields) < at + 6:
         raise ValueError("truncated TBSCertificate")
     subject = fields[at + 4]
     for field in fields[at + 6 :]:
-        if field[0] == _EXTENSIONS:
-            san = _subject_alt_name(_only(_value(field), _SEQUENCE))
+        if field.tag == _EXTENSIONS:
+            extensions, _ = _read(field.body, 0)
+            san = _subject_alt_name(_only(extensions, _SEQUENCE))
             if san is not None:
                 return san
     return _common_names(_only(subject, _SEQUENCE))
@@ -70,15 +72,16 @@ def certificate_names(der: bytes) -> tuple[str, ...]:
 def _subject_alt_name(extensions: bytes) -> tuple[str, ...] | None:
     for ext in _items(extensions):
         parts = _items(_only(ext, _SEQUENCE))
-        if not parts or parts[0][0] != _OID:
+        if not parts or parts[0].tag != _OID:
             raise ValueError("extension without an identifier")
-        if _value(parts[0]) != _OID_SUBJECT_ALT_NAME:
+        if parts[0].body != _OID_SUBJECT_ALT_NAME:
             continue
         value = parts[-1]
-        if value[0] != _OCTET_STRING:
+        if value.tag != _OCTET_STRING:
             raise ValueError("extension value is not an OCTET STRING")
-        names = _items(_only(_value(value), _SEQUENCE))
-        return tuple(_value(n).decode("ascii") for n in names if n[0] == _DNS_NAME)
+        general_names, _ = _read(value.body, 0)
+        names = _items(_only(general_names, _SEQUENCE))
+        return tuple(n.body.decode("ascii") for n in names if n.tag == _DNS_NAME)
     return None
 
 
@@ -87,21 +90,28 @@ def _common_names(subject: bytes) -> tuple[str, ...]:
     for rdn in _items(subject):
         for atv in _items(_only(rdn, _SET)):
             parts = _items(_only(atv, _SEQUENCE))
-            if len(parts) != 2 or parts[0][0] != _OID:
+            if len(parts) != 2 or parts[0].tag != _OID:
                 raise ValueError("malformed name attribute")
-            if _value(parts[0]) == _OID_COMMON_NAME:
-                encoding = _STRINGS.get(parts[1][0])
+            if parts[0].body == _OID_COMMON_NAME:
+                encoding = _STRINGS.get(parts[1].tag)
                 if encoding is None:
                     raise ValueError("common name is not a string")
-                names.append(_value(parts[1]).decode(encoding))
+                names.append(parts[1].body.decode(encoding))
     return tuple(names)
 
 
-# --- DER: each element is kept as its whole encoding (tag first).
+# --- DER
 
 
-def _read(data: bytes, pos: int) -> tuple[bytes, int]:
-    """The element starting at pos (tag, length and value) and the position after it."""
+class _Element(NamedTuple):
+    """One DER element: its tag and its content octets."""
+
+    tag: int
+    body: bytes
+
+
+def _read(data: bytes, pos: int) -> tuple[_Element, int]:
+    """The element starting at pos and the position after it."""
     if pos + 2 > len(data):
         raise ValueError("truncated DER element")
     if data[pos] & 0x1F == 0x1F:
@@ -116,23 +126,19 @@ def _read(data: bytes, pos: int) -> tuple[bytes, int]:
     end = pos + head + length
     if end > len(data):
         raise ValueError("truncated DER element")
-    return data[pos:end], end
+    return _Element(data[pos], data[pos + head : end]), end
 
 
-def _value(element: bytes) -> bytes:
-    length = element[1]
-    return element[2 + (length & 0x7F if length & 0x80 else 0) :]
-
-
-def _only(element: bytes, tag: int) -> bytes:
-    if not element or element[0] != tag:
+def _only(element: _Element, tag: int) -> bytes:
+    """The content of an element that must have this tag."""
+    if element.tag != tag:
         raise ValueError(f"expected DER tag {tag:#x}")
-    return element
+    return element.body
 
 
-def _items(element: bytes) -> list[bytes]:
-    """The elements inside a constructed element, in order."""
-    body, items, pos = _value(element), [], 0
+def _items(body: bytes) -> list[_Element]:
+    """The elements inside a constructed element's content, in order."""
+    items, pos = [], 0
     while pos < len(body):
         item, pos = _read(body, pos)
         items.append(item)
