@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chasquid import sdactivation
+from chasquid import __version__, sdactivation
 from chasquid.errors import ChasquidError, os_reason
 from chasquid.gofmt import format_duration, go_list, go_quote
 from chasquid.listeners import (
@@ -33,7 +33,6 @@ from chasquid.listeners import (
 )
 from chasquid.mainlog import MainLog
 from chasquid.metrics import Counters
-from chasquid.version import version
 
 if TYPE_CHECKING:
     from chasquid.config import Config
@@ -242,7 +241,7 @@ class Daemon:
 
     async def main(self) -> int:
         """Start up in the specified order, serve until asked to stop, shut down gracefully."""
-        log.info("chasquid starting (version %s)", version())
+        log.info("chasquid starting (version %s)", __version__)
         # MDAs, pipes and hooks each hold a worker thread while they run
         # (chasquid.process); with Python's default of cpu+4 workers a few slow
         # programs would delay the queue's fsyncs and scrypt checks behind them.

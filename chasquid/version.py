@@ -9,11 +9,6 @@ from pathlib import Path
 import chasquid
 
 
-def version() -> str:
-    """This chasquid's version (pyproject.toml reads the same attribute)."""
-    return chasquid.__version__
-
-
 def source_date() -> datetime.datetime:
     """When the source was last changed: SOURCE_DATE_EPOCH, else the package's newest file."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH", "")
@@ -32,4 +27,4 @@ def format_source_date(when: datetime.datetime) -> str:
 
 def version_line() -> str:
     """What ``chasquid --version`` prints."""
-    return f"chasquid {version()} (source date: {format_source_date(source_date())})"
+    return f"chasquid {chasquid.__version__} (source date: {format_source_date(source_date())})"
