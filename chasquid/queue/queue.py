@@ -170,12 +170,18 @@ class Queue:
         return True
 
     async def remove(self, item_id: str) -> None:
-        """Forget an item and delete its file (a deletion error is only logged)."""
-        self._items.pop(item_id, None)
+        """Delete an item's file, then forget it (a deletion error is only logged).
+
+        The item leaves memory last, so whoever sees the queue without it (a
+        ``queue list``, a caller waiting for the queue to drain) also sees its
+        file gone.
+        """
         try:
             await self._submit(StoreOp(item_id=item_id))
         except QueueStoreError as e:
             log.error("%s: failed to remove queue file: %s", item_id, e)
+        finally:
+            self._items.pop(item_id, None)
 
     async def _write(self, item: QueueItem, *, new: bool = False) -> None:
         await self._submit(StoreOp(item=item, new=new))
