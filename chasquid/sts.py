@@ -1,10 +1,12 @@
-"""MTA-STS (RFC 8461): policy discovery, fetch, parse, MX matching and a durable cache.
+"""MTA-STS (RFC 8461) for delivery: policy discovery through DNS and a durable cache.
 
-The policy of a domain says which MX hosts may receive its mail and whether
-they must present a valid certificate (spec/20 §7.6). Any failure to get a
-policy means "no policy": delivery then proceeds as usual. The cache keeps
-one JSON file per domain in `<data_dir>/sts-cache`, its expiry encoded in the
-file's modification time, so that a restart keeps the policies.
+Parsing, validation, MX matching and the HTTPS fetch itself are in
+`chasquid.stspolicy`, shared with smtp-check. The policy of a domain says
+which MX hosts may receive its mail and whether they must present a valid
+certificate. Any failure to get a policy means "no policy": delivery then
+proceeds as usual. The cache keeps one JSON file per domain in
+`<data_dir>/sts-cache`, its expiry encoded in the file's modification time,
+so that a restart keeps the policies.
 """
 
 from __future__ import annotations
@@ -17,144 +19,64 @@ import ssl
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import dns.asyncresolver
 import dns.exception
 
 from chasquid.courier.base import DeliveryError
-from chasquid.courier.mx import resolve_host, strip_root
+from chasquid.courier.mx import resolve_host
 from chasquid.dnsconfig import make_async_resolver
-from chasquid.errors import ChasquidError
 from chasquid.fileio import atomic_write
 from chasquid.layout import STS_CACHE_DIR_MODE
 from chasquid.metrics import Counters
 from chasquid.normalize import NormalizationError, domain_to_ascii
+from chasquid.remoteports import https_port
+from chasquid.stspolicy import (
+    Policy,
+    SSLContextFactory,
+    StsError,
+    fetch_policy_text,
+    parse_policy,
+)
 
 log = logging.getLogger(__name__)
 
-TEST_HTTPS_PORT_ENV = "CHASQUID_TEST_HTTPS_PORT"
-MAX_AGE_LIMIT = 31_557_600
-MAX_POLICY_SIZE = 10_240
-_MAX_HEADER_BYTES = 16 * 1024
 FETCH_TIMEOUT = 10.0
 REFRESH_TIMEOUT = 30.0
 REFRESH_INTERVAL = 600.0
-MODES = ("enforce", "testing", "none")
 _PREFIX = "pol:"
 _CACHE_PREFIX = "chasquid/sts/cache/"
 
-SSLContextFactory = Callable[[], ssl.SSLContext]
+
+def policy_to_json(policy: Policy) -> bytes:
+    """The cache file form: chasquid's JSON, max_age in nanoseconds."""
+    doc = {
+        "version": policy.version,
+        "mode": policy.mode,
+        "mx": list(policy.mx),
+        "max_age": policy.max_age * 1_000_000_000,
+    }
+    return json.dumps(doc).encode("utf-8")
 
 
-class StsError(ChasquidError):
-    """No usable MTA-STS policy could be had; the message says why."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A parsed MTA-STS policy; max_age in seconds."""
-
-    version: str
-    mode: str
-    mx: tuple[str, ...]
-    max_age: int
-
-    def check(self) -> None:
-        """Raise StsError unless the policy is valid (version, max_age, mode, mx)."""
-        if self.version != "STSv1":
-            raise StsError(f"unknown policy version {self.version!r}")
-        if not 0 < self.max_age <= MAX_AGE_LIMIT:
-            raise StsError(f"invalid max_age {self.max_age}")
-        if self.mode not in MODES:
-            raise StsError(f"invalid mode {self.mode!r}")
-        if not self.mx:
-            raise StsError("policy lists no mx")
-
-    def mx_is_valid(self, host: str) -> bool:
-        """Whether host may receive mail under this policy (only enforce restricts)."""
-        if self.mode != "enforce":
-            return True
-        return any(mx_matches(pattern, host) for pattern in self.mx)
-
-    def to_json(self) -> bytes:
-        """The cache file form: chasquid's JSON, max_age in nanoseconds."""
-        doc = {
-            "version": self.version,
-            "mode": self.mode,
-            "mx": list(self.mx),
-            "max_age": self.max_age * 1_000_000_000,
-        }
-        return json.dumps(doc).encode("utf-8")
-
-    @classmethod
-    def from_json(cls, data: bytes) -> Policy:
-        """Parse the cache file form; raises ValueError if it is not one."""
-        doc = json.loads(data)
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-        mx = doc.get("mx") or []
-        max_age = doc.get("max_age", 0)
-        if not isinstance(mx, list) or not all(isinstance(m, str) for m in mx):
-            raise ValueError("mx is not a list of strings")
-        if not isinstance(max_age, int) or isinstance(max_age, bool):
-            raise ValueError("max_age is not an integer")
-        return cls(
-            version=str(doc.get("version", "")),
-            mode=str(doc.get("mode", "")),
-            mx=tuple(mx),
-            max_age=max_age // 1_000_000_000,
-        )
-
-
-def parse_policy(text: str) -> Policy:
-    """Parse a policy file's text (RFC 8461 §3.2) and validate it; raises StsError."""
-    values: dict[str, str] = {}
-    mx: list[str] = []
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key, value = key.strip(), value.strip()
-        if key == "mx":
-            mx.append(value)
-        elif key in ("version", "mode", "max_age"):
-            values[key] = value
-    try:
-        max_age = int(values.get("max_age", ""))
-    except ValueError:
-        max_age = 0
-    policy = Policy(values.get("version", ""), values.get("mode", ""), tuple(mx), max_age)
-    policy.check()
-    return policy
-
-
-def _ascii_host(name: str) -> str:
-    name = strip_root(name.strip()).rstrip(".") if name != "." else ""
-    return domain_to_ascii(name.lower()) if name else ""
-
-
-def mx_matches(pattern: str, host: str) -> bool:
-    """Whether host matches an `mx` pattern (exact, or `*.` standing for one label)."""
-    try:
-        host_a = _ascii_host(host)
-        wildcard = pattern.strip().startswith("*.")
-        pattern_a = _ascii_host(pattern.strip()[2:] if wildcard else pattern)
-    except NormalizationError:
-        return False
-    if not host_a or not pattern_a:
-        return False
-    if not wildcard:
-        return host_a == pattern_a
-    _, dot, rest = host_a.partition(".")
-    return bool(dot) and rest == pattern_a
-
-
-def https_port() -> int:
-    """The port policies are fetched from: 443, or CHASQUID_TEST_HTTPS_PORT."""
-    value = os.environ.get(TEST_HTTPS_PORT_ENV, "")
-    return int(value) if value.isdigit() else 443
+def policy_from_json(data: bytes) -> Policy:
+    """Parse the cache file form; raises ValueError if it is not one."""
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    mx = doc.get("mx") or []
+    max_age = doc.get("max_age", 0)
+    if not isinstance(mx, list) or not all(isinstance(m, str) for m in mx):
+        raise ValueError("mx is not a list of strings")
+    if not isinstance(max_age, int) or isinstance(max_age, bool):
+        raise ValueError("max_age is not an integer")
+    return Policy(
+        version=str(doc.get("version", "")),
+        mode=str(doc.get("mode", "")),
+        mx=tuple(mx),
+        max_age=max_age // 1_000_000_000,
+    )
 
 
 async def has_sts_record(ascii_domain: str, resolver: dns.asyncresolver.Resolver) -> bool:
@@ -168,77 +90,6 @@ async def has_sts_record(ascii_domain: str, resolver: dns.asyncresolver.Resolver
         if text.startswith("v=STSv1;"):
             return True
     return False
-
-
-async def _read_headers(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    raw = b""
-    while not raw.endswith(b"\r\n\r\n") and not raw.endswith(b"\n\n"):
-        chunk = await reader.readline()
-        if not chunk:
-            raise StsError("connection closed before the end of the HTTP headers")
-        raw += chunk
-        if len(raw) > _MAX_HEADER_BYTES:
-            raise StsError("HTTP headers too long")
-    lines = raw.decode("iso-8859-1").splitlines()
-    parts = lines[0].split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise StsError(f"malformed HTTP status line {lines[0][:100]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-async def fetch_policy_text(
-    ascii_domain: str,
-    resolver: dns.asyncresolver.Resolver,
-    ssl_context: SSLContextFactory,
-    port: int,
-) -> str:
-    """GET https://mta-sts.<domain>/.well-known/mta-sts.txt (no redirects, text/plain)."""
-    host = f"mta-sts.{ascii_domain}"
-    try:
-        addresses = await resolve_host(host, resolver)
-    except DeliveryError as e:
-        raise StsError(f"resolving {host}: {e.message}") from e
-    last: Exception | None = None
-    for address in addresses:
-        try:
-            reader, writer = await asyncio.open_connection(
-                address, port, ssl=ssl_context(), server_hostname=host, limit=_MAX_HEADER_BYTES
-            )
-        except (OSError, ssl.SSLError) as e:
-            last = e
-            continue
-        try:
-            request = (
-                f"GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\n"
-                "User-Agent: chasquid\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(request.encode("ascii"))
-            await writer.drain()
-            status, headers = await _read_headers(reader)
-            if status != 200:
-                raise StsError(f"HTTP status {status} fetching policy from {host}")
-            media_type = headers.get("content-type", "").split(";")[0].strip().lower()
-            if media_type != "text/plain":
-                raise StsError(f"policy from {host} has content type {media_type!r}")
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                raise StsError(f"policy from {host} sent with chunked encoding to HTTP/1.0")
-            body = b""
-            while len(body) < MAX_POLICY_SIZE:
-                chunk = await reader.read(MAX_POLICY_SIZE - len(body))
-                if not chunk:
-                    break
-                body += chunk
-            return body.decode("utf-8", "replace")
-        except (OSError, ValueError, asyncio.LimitOverrunError) as e:
-            raise StsError(f"fetching policy from {host}: {e}") from e
-        finally:
-            writer.close()
-    raise StsError(f"connecting to {host}: {last}")
 
 
 async def fetch_policy(
@@ -259,8 +110,13 @@ async def fetch_policy(
         async with asyncio.timeout(timeout):
             if not await has_sts_record(ascii_domain, resolver):
                 raise StsError("MTA-STS TXT record missing")
+            host = f"mta-sts.{ascii_domain}"
+            try:
+                addresses = await resolve_host(host, resolver)
+            except DeliveryError as e:
+                raise StsError(f"resolving {host}: {e.message}") from e
             text = await fetch_policy_text(
-                ascii_domain, resolver, ssl_context, https_port() if port is None else port
+                host, addresses, ssl_context, https_port() if port is None else port
             )
     except TimeoutError as e:
         raise StsError(f"timed out after {timeout}s fetching the policy of {domain}") from e
@@ -315,7 +171,7 @@ class StsCache:
             self._inc("ioErrors")
             return None
         try:
-            policy = Policy.from_json(data)
+            policy = policy_from_json(data)
         except ValueError as e:
             log.warning("STS cache %s: %s", path, e)
             self._inc("unmarshalErrors")
@@ -330,7 +186,7 @@ class StsCache:
     def _store(self, domain: str, policy: Policy) -> None:
         path = self.path / cache_file_name(domain)
         try:
-            data = policy.to_json()
+            data = policy_to_json(policy)
         except (TypeError, ValueError) as e:
             self._inc("marshalErrors")
             log.warning("STS cache: cannot serialize the policy of %s: %s", domain, e)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,11 +29,12 @@ from chasquid.domaininfo import DomainInfoStore, SecLevel
 from chasquid.errors import ChasquidError
 from chasquid.metrics import Counters
 from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
-from chasquid.sts import Policy, StsCache
+from chasquid.remoteports import smtp_port
+from chasquid.sts import StsCache
+from chasquid.stspolicy import Policy
 
 log = logging.getLogger(__name__)
 
-TEST_SMTP_PORT_ENV = "CHASQUID_TEST_SMTP_PORT"
 MAX_REPLY_BYTES = 2 * 1024 * 1024
 MAX_LINE_BYTES = 8 * 1024
 
@@ -46,12 +46,6 @@ _LEVEL_LABEL = {
 
 SSLContextFactory = Callable[[], ssl.SSLContext]
 Results = dict[str, DeliveryError | None]
-
-
-def smtp_port() -> int:
-    """The port remote servers are reached on: 25, or CHASQUID_TEST_SMTP_PORT."""
-    value = os.environ.get(TEST_SMTP_PORT_ENV, "")
-    return int(value) if value.isdigit() else 25
 
 
 @dataclass(frozen=True)

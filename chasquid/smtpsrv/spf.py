@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
-import dns.exception
-import dns.resolver
 import spf
 
-from chasquid import dnsconfig
+from chasquid import spfdns
 
 _RESULTS = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"})
 
@@ -21,43 +18,6 @@ class SPFResult:
 
     result: str
     reason: str
-
-
-def _lookup_with(resolver: dns.resolver.Resolver) -> Any:
-    """A pyspf DNSLookup-compatible function that asks ``resolver``."""
-
-    def lookup(name: str, qtype: str, strict: bool = True, timeout: float = 20) -> list[Any]:
-        out: list[Any] = []
-        try:
-            answers = resolver.resolve(name, qtype, lifetime=timeout, search=False)
-        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-            return out
-        except (dns.exception.Timeout, dns.resolver.NoNameservers) as e:
-            raise spf.TempError(f"DNS {e}") from None
-        for rdata in answers:
-            if qtype in ("A", "AAAA"):
-                out.append(((name, qtype), rdata.address))
-            elif qtype == "MX":
-                out.append(((name, qtype), (rdata.preference, rdata.exchange)))
-            elif qtype == "PTR":
-                out.append(((name, qtype), rdata.target.to_text(True)))
-            elif qtype in ("TXT", "SPF"):
-                out.append(((name, qtype), rdata.strings))
-        return out
-
-    return lookup
-
-
-def _lookup(name: str, qtype: str, strict: bool = True, timeout: float = 20) -> list[Any]:
-    """pyspf's DNSLookup, asking the project's resolver (CHASQUID_TEST_DNS aware)."""
-    return _lookup_with(dnsconfig.make_resolver())(name, qtype, strict, timeout)  # type: ignore[no-any-return]
-
-
-def _install_lookup() -> None:
-    # pyspf resolves through its module-level DNSLookup; pointing it at our
-    # resolver here is the one place where SPF's DNS is configured.
-    if spf.DNSLookup is not _lookup:
-        spf.DNSLookup = _lookup
 
 
 def _reason(result: str, explanation: str, mechanism: str | None) -> str:
@@ -84,7 +44,7 @@ def _reason(result: str, explanation: str, mechanism: str | None) -> str:
 
 def check_sync(ip: str, sender: str, domain: str) -> SPFResult:
     """Evaluate SPF for ``sender`` from ``ip``; the HELO identity is the sender's domain."""
-    _install_lookup()
+    spfdns.install()
     try:
         query = spf.query(i=ip, s=sender, h=domain, querytime=20)
         result, _code, explanation = query.check()
