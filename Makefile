@@ -16,14 +16,14 @@ venv: $(STAMP)
 
 ## Run the daemon in the foreground on a local demo config under .demo/.
 run: $(STAMP)
-	$(PY) -m chasquid.demo .demo
+	$(PY) -m chasquid.daemon.demo .demo
 	$(VENV)/bin/chasquid --config_dir=.demo/config -v=1 --alsologtostderr
 
 ## Run the whole test suite.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
 
-## ruff and mypy, both must be clean.
+## ruff, mypy and the import contract (pyproject.toml's [tool.importlinter]): all must be clean.
 # mypy checks the packages, then tests/ and bench/; tests/smtpsrv imports its own conftest
 # and client by bare name, so it is checked on its own with its directory first on the path
 # (tests/conftest.py is also a module named 'conftest').
@@ -33,6 +33,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/mypy tests bench --exclude '^tests/smtpsrv/'
 	MYPYPATH=tests/smtpsrv $(VENV)/bin/mypy tests/smtpsrv
+	$(VENV)/bin/lint-imports
 
 ## Regenerate the shell completion scripts in completions/.
 completions: $(STAMP)

@@ -41,7 +41,7 @@ class Tool:
 
 
 TOOLS: tuple[Tool, ...] = (
-    Tool("chasquid", "chasquid.cli", "command"),
+    Tool("chasquid", "chasquid.daemon.cli", "command"),
     Tool("chasquid-util", "chasquid_util.cli", "cli"),
     Tool("smtp-check", "smtp_check.cli", "command"),
     Tool("mda-lmtp", "mda_lmtp.cli", "command"),

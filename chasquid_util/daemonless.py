@@ -7,11 +7,11 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from chasquid import config as configmod
-from chasquid.domaininfo import DomainInfoError, DomainInfoStore
-from chasquid.domains import load_domains
+from chasquid.confdir import config as configmod
+from chasquid.confdir.domaininfo import DomainInfoError, DomainInfoStore
+from chasquid.confdir.domains import load_domains
+from chasquid.confdir.layout import data_dir_for
 from chasquid.errors import ChasquidError
-from chasquid.layout import data_dir_for
 from chasquid_util.errors import UtilError
 from chasquid_util.users import require_config_dir
 

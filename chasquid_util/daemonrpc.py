@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from chasquid import localrpc
-from chasquid.layout import data_dir_for
-from chasquid.localrpc import DaemonNotRunningError, RPCError
+from chasquid.confdir.layout import data_dir_for
+from chasquid.localrpc.client import call
+from chasquid.localrpc.protocol import DaemonNotRunningError, RPCError
 from chasquid_util import daemonless
 from chasquid_util.daemonless import Resolved
 from chasquid_util.errors import UtilError
@@ -38,7 +38,7 @@ def aliases_resolve(config_dir: Path, address: str) -> list[Resolved]:
     """Resolve through the daemon, or from the files when it is not running."""
     path = socket_path(config_dir)
     try:
-        result = localrpc.call(path, "AliasResolve", [("Address", address)])
+        result = call(path, "AliasResolve", [("Address", address)])
     except DaemonNotRunningError as e:
         _fallback_note(e, "resolving from the files instead")
         return daemonless.aliases_resolve(config_dir, address)
@@ -52,7 +52,7 @@ def domaininfo_remove(config_dir: Path, domain: str) -> None:
     """Clear through the daemon, or in the data dir's files when it is not running."""
     path = socket_path(config_dir)
     try:
-        localrpc.call(path, "DomaininfoClear", [("Domain", domain)])
+        call(path, "DomaininfoClear", [("Domain", domain)])
     except DaemonNotRunningError as e:
         _fallback_note(e, "changing the domaininfo files directly")
         daemonless.domaininfo_remove(config_dir, domain)

@@ -7,8 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from chasquid.confdir.layout import ConfigDir
 from chasquid.fileio import atomic_write
-from chasquid.layout import ConfigDir
 from chasquid.selfsigned import self_signed
 from chasquid_util.errors import UtilError
 from chasquid_util.users import check_domain

@@ -15,11 +15,11 @@ from typing import Any, TextIO
 
 import click
 
+from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError
-from chasquid.gofmt import format_duration
-from chasquid.localrpc import DaemonNotRunningError
-from chasquid.queue import admin
-from chasquid.queue.admin import ItemView
+from chasquid.localrpc import queueadmin as admin
+from chasquid.localrpc.protocol import DaemonNotRunningError
+from chasquid.localrpc.queueadmin import ItemView
 from chasquid_util.daemonrpc import socket_path
 from chasquid_util.options import common_options, current_config_dir, reporting_errors
 from chasquid_util.render import print_table

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from chasquid.layout import ConfigDir
+from chasquid.confdir.layout import ConfigDir
+from chasquid.confdir.passwords import ReceiveOnly
+from chasquid.confdir.userdb import UserDB, UserDBError
 from chasquid.normalize import NormalizationError, normalize_domain, normalize_user
-from chasquid.passwords import ReceiveOnly
-from chasquid.userdb import UserDB, UserDBError
 from chasquid_util.errors import UtilError
 
 # Mode of a domain directory created by user-add (spec/30 §3.3).

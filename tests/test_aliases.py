@@ -1,16 +1,16 @@
-"""Tests for chasquid.aliases: parsing, resolution (spec/20 §3.6, decisions 8/9) and hooks."""
+"""Tests for chasquid.confdir.aliases: parsing, resolution and the alias-resolve hook."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.aliases import (
+from chasquid.confdir.aliases import (
     AliasError,
     RcptStatus,
     Recipient,
@@ -21,7 +21,6 @@ from chasquid.aliases import (
     parse_aliases,
     parse_rhs,
 )
-from chasquid.metrics import Counters
 
 EMAIL, PIPE, FORWARD = RecipientKind.EMAIL, RecipientKind.PIPE, RecipientKind.FORWARD
 
@@ -53,7 +52,7 @@ class ResolverOptions(TypedDict, total=False):
     hook_cwd: Path | None
     hook_timeout: float
     fallback: UserFallback | None
-    counters: Counters | None
+    on_hook_result: Callable[[str], None] | None
 
 
 def resolver(
@@ -367,24 +366,25 @@ def test_hook_missing_is_skipped(tmp_path: Path) -> None:
     assert resolve(r, "a@dom") == emails("a@dom")
 
 
-def test_hook_result_counters(tmp_path: Path) -> None:
-    counters = Counters()
-    name = "chasquid/aliases/hookResults"
+def test_hook_outcomes_are_reported(tmp_path: Path) -> None:
+    outcomes: list[str] = []
     missing = tmp_path / "hooks" / "alias-resolve"
-    resolve(resolver({"dom": "a: b@remote\n"}, counters=counters), "a@dom")
-    assert counters.get(name, "resolve:notset") == 1
-    resolve(resolver({"dom": ""}, hook=missing, counters=counters), "a@dom")
-    assert counters.get(name, "resolve:skip") == 3  # exact, cleaned, catch-all
+    resolve(resolver({"dom": "a: b@remote\n"}, on_hook_result=outcomes.append), "a@dom")
+    assert outcomes == ["notset"]
+    outcomes.clear()
+    resolve(resolver({"dom": ""}, hook=missing, on_hook_result=outcomes.append), "a@dom")
+    assert outcomes == ["skip"] * 3  # exact, cleaned, catch-all
+    outcomes.clear()
     h = hook(tmp_path, 'case "$1" in ok*) echo x@remote;; bad*) echo "a b";; *) exit 3;; esac\n')
-    r = resolver({"dom": ""}, hook=h, hook_cwd=tmp_path, counters=counters)
+    r = resolver({"dom": ""}, hook=h, hook_cwd=tmp_path, on_hook_result=outcomes.append)
     resolve(r, "ok@dom")
-    assert counters.get(name, "resolve:success") == 1
+    assert outcomes == ["success"]
     with pytest.raises(AliasError):
         resolve(r, "bad@dom")
-    assert counters.get(name, "resolve:parse_err") == 1
+    assert outcomes[-1] == "parse_err"
     with pytest.raises(AliasError, match="exit status 3"):
         resolve(r, "fail@dom")
-    assert counters.get(name, "resolve:fail") == 1
+    assert outcomes[-1] == "fail"
 
 
 def test_hook_appearing_or_vanishing_is_seen_at_the_next_lookup(tmp_path: Path) -> None:

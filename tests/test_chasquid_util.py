@@ -362,7 +362,7 @@ def test_domaininfo_remove_offline(tmp_path: Path) -> None:
     assert missing.stderr.endswith("\nError removing domaininfo entry: does not exist\n")
     assert not data.exists()
 
-    from chasquid.domaininfo import DomainInfoStore, SecLevel
+    from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
 
     store = DomainInfoStore(data / "domaininfo")
     store.incoming_ok("example.org", SecLevel.TLS_SECURE)

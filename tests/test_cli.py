@@ -9,12 +9,12 @@ import sys
 import click
 import pytest
 
-from chasquid.cli import go_style_argv
+from chasquid.daemon.cli import go_style_argv
 
 
 def _chasquid(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from chasquid.cli import main; main()", *args],
+        [sys.executable, "-c", "from chasquid.daemon.cli import main; main()", *args],
         capture_output=True,
         text=True,
         timeout=60,

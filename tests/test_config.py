@@ -13,9 +13,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chasquid import config as cfg
-from chasquid.config import KEYS, Config, ConfigError, load, load_with_origins, parse_text, render
-from chasquid.gofmt import parse_duration
+from chasquid.confdir import config as cfg
+from chasquid.confdir.config import (
+    KEYS,
+    Config,
+    ConfigError,
+    load,
+    load_with_origins,
+    parse_text,
+    render,
+)
+from chasquid.durations import parse_duration
 
 TESTDATA = Path(__file__).parent / "testdata"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from chasquid import config
+from chasquid.confdir import config
 
 DEBIAN_EXAMPLE = Path(__file__).parent / "testdata" / "chasquid-1.11-debian.conf"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.programs import executable
 
-from chasquid.process import ProgramStartError, run_program
+from chasquid.programs.process import ProgramStartError, run_program
 
 # The shell waits for its input, which the daemon writes only after the spawn
 # has returned, then reports the mask a process it starts inherits.

@@ -1,4 +1,4 @@
-"""`python -m chasquid.demo DIR`: the set-up `make run` starts the daemon on."""
+"""`python -m chasquid.daemon.demo DIR`: the set-up `make run` starts the daemon on."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from pathlib import Path
 
 from cryptography import x509
 
-from chasquid import config
-from chasquid.domains import load_domains
-from chasquid.userdb import UserDB
+from chasquid.confdir import config
+from chasquid.confdir.domains import load_domains
+from chasquid.confdir.userdb import UserDB
 
 
 def demo(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "chasquid.demo", str(root)],
+        [sys.executable, "-m", "chasquid.daemon.demo", str(root)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,4 +1,4 @@
-"""Tests for chasquid.domaininfo: levels, persistence, clear, reload."""
+"""Tests for chasquid.confdir.domaininfo: levels, persistence, clear, reload."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.domaininfo import DomainInfoError, DomainInfoStore, SecLevel, file_name
+from chasquid.confdir.domaininfo import DomainInfoError, DomainInfoStore, SecLevel, file_name
 
 
 def test_levels_are_ordered() -> None:

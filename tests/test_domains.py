@@ -1,4 +1,4 @@
-"""Tests for chasquid.domains: discovery, users/aliases loading, reload."""
+"""Tests for chasquid.confdir.domains: discovery, users/aliases loading, reload."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import TypedDict, Unpack
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.aliases import RcptStatus, Recipient
-from chasquid.config import Config
-from chasquid.domains import DomainsError, load_domains, reload
-from chasquid.userdb import UserDB
+from chasquid.confdir.aliases import RcptStatus, Recipient
+from chasquid.confdir.config import Config
+from chasquid.confdir.domains import DomainsError, load_domains, reload
+from chasquid.confdir.userdb import UserDB
 
 
 class ConfigOverrides(TypedDict, total=False):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, Message
 from email.policy import default
 
-from chasquid.aliases import RecipientKind
+from chasquid.confdir.aliases import RecipientKind
 from chasquid.queue.dsn import (
     MAX_ORIGINAL_DATA,
     build_dsn,

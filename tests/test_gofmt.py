@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from chasquid.gofmt import (
+from chasquid.durations import (
     DurationError,
     format_duration,
     format_duration_ns,
-    go_list,
-    go_list_plain,
-    go_quote,
-    go_quote_ascii,
     parse_duration,
     parse_duration_ns,
 )
+from chasquid.goquote import go_list, go_list_plain, go_quote, go_quote_ascii
 
 
 @pytest.mark.parametrize(

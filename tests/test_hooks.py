@@ -1,4 +1,4 @@
-"""Tests for chasquid.hooks: real executables written to tmp_path."""
+"""Tests for chasquid.programs.hooks: real executables written to tmp_path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.hooks import HookError, HookMissingError, run_hook
+from chasquid.programs.hooks import HookError, HookMissingError, run_hook
 
 
 def script(tmp_path: Path, body: str, name: str = "hook", mode: int = 0o755) -> Path:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.config import Config
-from chasquid.layout import ConfigDir, DataDir, data_dir_for
+from chasquid.confdir.config import Config
+from chasquid.confdir.layout import ConfigDir, DataDir, data_dir_for
 
 
 def test_config_dir_paths() -> None:

@@ -1,4 +1,4 @@
-"""Tests for chasquid.legacy_userdb and loading chasquid's users files through UserDB."""
+"""Tests for chasquid.confdir.legacy_userdb and loading chasquid's users files through UserDB."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.legacy_userdb import LegacyUserDBError, parse_legacy
-from chasquid.passwords import PasswordHash, Plain, RawScrypt, ReceiveOnly, verify
-from chasquid.userdb import UserDB, UserDBError
+from chasquid.confdir.legacy_userdb import LegacyUserDBError, parse_legacy
+from chasquid.confdir.passwords import PasswordHash, Plain, RawScrypt, ReceiveOnly, verify
+from chasquid.confdir.userdb import UserDB, UserDBError
 
 # Includes bytes that chasquid's writer escapes in octal (NUL, quote, backslash, high bytes).
 SALT = b"\x00\x01\"\\'\n\xff\xfe\x80abc\x7f\x10\x11\x12"

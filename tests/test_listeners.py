@@ -8,7 +8,7 @@ import socket
 import pytest
 from helpers.requirements import unavailable
 
-from chasquid.listeners import (
+from chasquid.daemon.listeners import (
     EmptyAddressError,
     ListenError,
     bind_tcp,

@@ -12,33 +12,34 @@ from pathlib import Path
 
 import pytest
 
-from chasquid import localrpc
-from chasquid.aliases import Recipient, RecipientKind
-from chasquid.domaininfo import DomainInfoError
-from chasquid.localrpc import DaemonNotRunningError, Handler, Params, ParamsError, RPCError
+from chasquid.confdir.aliases import Recipient, RecipientKind
+from chasquid.confdir.domaininfo import DomainInfoError
+from chasquid.localrpc import client, protocol
+from chasquid.localrpc import server as rpcserver
+from chasquid.localrpc.protocol import DaemonNotRunningError, Handler, Params, ParamsError, RPCError
 
 
 def test_encoding_of_the_spec_example() -> None:
     params = [("(pipe)", "cmd args"), ("(email)", "r1@r1.com")]
-    assert localrpc.encode_params(params) == "%28email%29=r1%40r1.com&%28pipe%29=cmd+args"
-    assert localrpc.decode_params("%28email%29=r1%40r1.com&%28pipe%29=cmd+args") == [
+    assert protocol.encode_params(params) == "%28email%29=r1%40r1.com&%28pipe%29=cmd+args"
+    assert protocol.decode_params("%28email%29=r1%40r1.com&%28pipe%29=cmd+args") == [
         ("(email)", "r1@r1.com"),
         ("(pipe)", "cmd args"),
     ]
 
 
 def test_encoding_keeps_unreserved_and_order_within_a_key() -> None:
-    encoded = localrpc.encode_params([("k", "b"), ("a", "x-_.~ñ"), ("k", "a")])
+    encoded = protocol.encode_params([("k", "b"), ("a", "x-_.~ñ"), ("k", "a")])
     assert encoded == "a=x-_.~%C3%B1&k=b&k=a"
-    assert localrpc.decode_params(encoded) == [("a", "x-_.~ñ"), ("k", "b"), ("k", "a")]
-    assert localrpc.encode_params([]) == ""
-    assert localrpc.decode_params("") == []
+    assert protocol.decode_params(encoded) == [("a", "x-_.~ñ"), ("k", "b"), ("k", "a")]
+    assert protocol.encode_params([]) == ""
+    assert protocol.decode_params("") == []
 
 
 @pytest.mark.parametrize("bad", ["a=%zz", "a=%4", "a=b;c=d", "a=%ff"])
 def test_decoding_rejects_bad_params(bad: str) -> None:
     with pytest.raises(ParamsError):
-        localrpc.decode_params(bad)
+        protocol.decode_params(bad)
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Server:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(
-            localrpc.start_server(path, handlers), self.loop
+            rpcserver.start_server(path, handlers), self.loop
         ).result(10)
 
     def close(self) -> None:
@@ -89,7 +90,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Server, DomainInfo]]:
     info = DomainInfo()
     path = tmp_path / "localrpc-v1"
     path.write_text("stale")
-    server = Server(path, localrpc.standard_handlers(Resolver, info))
+    server = Server(path, rpcserver.standard_handlers(Resolver, info))
     yield server, info
     server.close()
 
@@ -131,22 +132,22 @@ def test_errors_on_the_wire(served: tuple[Server, DomainInfo]) -> None:
 
 def test_client_calls(served: tuple[Server, DomainInfo]) -> None:
     server, info = served
-    result = localrpc.call(server.path, "AliasResolve", [("Address", "test@test.com")])
+    result = client.call(server.path, "AliasResolve", [("Address", "test@test.com")])
     assert result == [("(email)", "r1@r1.com"), ("(pipe)", "cmd args")]
-    assert localrpc.call(server.path, "DomaininfoClear", [("Domain", "known.org")]) == []
+    assert client.call(server.path, "DomaininfoClear", [("Domain", "known.org")]) == []
     assert info.cleared == ["known.org"]
     with pytest.raises(RPCError, match=r"^does not exist$"):
-        localrpc.call(server.path, "DomaininfoClear", [("Domain", "other.org")])
+        client.call(server.path, "DomaininfoClear", [("Domain", "other.org")])
 
 
 def test_client_without_daemon(tmp_path: Path) -> None:
     path = tmp_path / "localrpc-v1"
     with pytest.raises(DaemonNotRunningError, match="no such file or directory"):
-        localrpc.call(path, "AliasResolve", [("Address", "a@b")])
+        client.call(path, "AliasResolve", [("Address", "a@b")])
 
 
 def test_deadline_closes_a_silent_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(localrpc, "DEADLINE", 0.3)
+    monkeypatch.setattr(rpcserver, "DEADLINE", 0.3)
 
     async def echo(params: Params) -> Params:
         return params
@@ -158,14 +159,14 @@ def test_deadline_closes_a_silent_client(tmp_path: Path, monkeypatch: pytest.Mon
             s.connect(str(server.path))
             s.sendall(b"Echo a=1")  # no line end: the server waits, then gives up
             assert s.recv(100) == b""
-        assert localrpc.call(server.path, "Echo", [("a", "1")]) == [("a", "1")]
+        assert client.call(server.path, "Echo", [("a", "1")]) == [("a", "1")]
     finally:
         server.close()
 
 
 def test_overlong_request_gets_an_answer(served: tuple[Server, DomainInfo]) -> None:
     server, _ = served
-    request = b"AliasResolve Address=" + b"a" * localrpc.MAX_REQUEST + b"\r\n"
+    request = b"AliasResolve Address=" + b"a" * rpcserver.MAX_REQUEST + b"\r\n"
     assert raw_exchange(server.path, request).startswith(b"500 request longer than")
 
 

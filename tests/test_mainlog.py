@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.mainlog import (
+from chasquid.daemon.mainlog import (
     LogOptions,
     MainLog,
     MainLogError,

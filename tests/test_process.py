@@ -1,4 +1,4 @@
-"""Tests for chasquid.process, the runner of hooks, MDAs and pipes: real programs on disk."""
+"""Tests for chasquid.programs.process, the runner of hooks, MDAs and pipes: real programs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.process import Output, ProgramStartError, run_program
+from chasquid.programs.process import Output, ProgramStartError, run_program
 
 
 @pytest.fixture(params=["other-dir", "own-dir"])

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.metrics import Counters
 from chasquid.queue import (
     Queue,
     QueuedRecipient,
@@ -30,6 +29,7 @@ from chasquid.queue import (
 )
 from chasquid.queue.item import EPOCH, QueueFormatError, read_item
 from chasquid.queue.store import QueueStoreError, StoreOp
+from chasquid.telemetry.metrics import Counters
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 
@@ -377,7 +377,7 @@ def test_items_and_data_are_not_copied(tmp_path: Path) -> None:
 
 
 def test_put_with_the_real_alias_resolver(tmp_path: Path) -> None:
-    from chasquid.aliases import Resolver, parse_aliases
+    from chasquid.confdir.aliases import Resolver, parse_aliases
 
     hook = tmp_path / "alias-resolve"
     shell_script(hook, '[ "$1" = roto@testserver ] && exit 1\nexit 0\n')

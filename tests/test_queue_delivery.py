@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.aliases import Recipient, RecipientKind
+from chasquid.confdir.aliases import Recipient, RecipientKind
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.mda import MDACourier
 from chasquid.courier.pipe import PipeCourier
-from chasquid.maillog import MailLog
 from chasquid.queue.delivery import (
     DELIVER_ATTEMPTS,
     DSN_QUEUED,
@@ -32,6 +31,7 @@ from chasquid.queue.delivery import (
 )
 from chasquid.queue.queue import Queue
 from chasquid.queue.store import QueueStore
+from chasquid.telemetry.maillog import MailLog
 
 LOCAL = {"local.test", "ñandú.test"}
 MESSAGE = b"Subject: hi\nMessage-ID: <orig@x>\n\nline one\nline two\n"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.sdactivation import SDActivationError, listen_fds_with_names
+from chasquid.daemon.sdactivation import SDActivationError, listen_fds_with_names
 
 LAUNCHER = Path(__file__).parent / "helpers" / "sdlaunch.py"
 
 CHILD = """
 import json, os
-from chasquid.sdactivation import listen_fds_with_names, SDActivationError
+from chasquid.daemon.sdactivation import listen_fds_with_names, SDActivationError
 try:
     socks = listen_fds_with_names()
 except SDActivationError as e:

@@ -1,4 +1,4 @@
-"""Tests for chasquid.userdb: the YAML users file, its operations and its errors."""
+"""Tests for chasquid.confdir.userdb: the YAML users file, its operations and its errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.passwords import PasswordHash, Plain, RawScrypt, verify
-from chasquid.userdb import UserDB, UserDBError
+from chasquid.confdir.passwords import PasswordHash, Plain, RawScrypt, verify
+from chasquid.confdir.userdb import UserDB, UserDBError
 
 
 @pytest.fixture(scope="module")

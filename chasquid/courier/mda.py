@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.courier.base import DeliveryError
-from chasquid.gofmt import go_quote
+from chasquid.goquote import go_quote
 from chasquid.normalize import split_addr
-from chasquid.process import ProgramStartError, resolve_program, run_program
+from chasquid.programs.process import ProgramStartError, resolve_program, run_program
 
 #: EX_TEMPFAIL from sysexits.h: the only exit code that means "try again later".
 EX_TEMPFAIL = 75

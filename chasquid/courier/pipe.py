@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.courier.base import DeliveryError
-from chasquid.process import Output, ProgramStartError, resolve_program, run_program
+from chasquid.programs.process import Output, ProgramStartError, resolve_program, run_program
 
 DEFAULT_TIMEOUT = 30.0
 

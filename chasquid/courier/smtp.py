@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 
 import dns.asyncresolver
 
+from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.lmtp import dot_stuff
 from chasquid.courier.mx import lookup_mx, resolve_host, strip_root
+from chasquid.courier.sts import StsCache
 from chasquid.dnsconfig import make_async_resolver
-from chasquid.domaininfo import DomainInfoStore, SecLevel
 from chasquid.errors import ChasquidError
-from chasquid.metrics import Counters
 from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
 from chasquid.remoteports import smtp_port
-from chasquid.sts import StsCache
 from chasquid.stspolicy import Policy
+from chasquid.telemetry.metrics import Counters
 
 log = logging.getLogger(__name__)
 

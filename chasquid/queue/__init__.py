@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chasquid.aliases import RecipientKind
+from chasquid.confdir.aliases import RecipientKind
 from chasquid.queue.ids import new_id
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.queue import Queue, QueueError

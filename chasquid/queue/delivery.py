@@ -26,19 +26,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from chasquid.aliases import RecipientKind
+from chasquid.confdir.aliases import RecipientKind
 from chasquid.courier.base import Courier, DeliveryError
 from chasquid.courier.srs import forward_sender
 from chasquid.errors import ChasquidError
-from chasquid.maillog import MailLog
-from chasquid.metrics import Counters
 from chasquid.normalize import split_addr
 from chasquid.queue.dsn import build_dsn, reporting_domain
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.queue import Queue, QueueError
+from chasquid.telemetry.maillog import MailLog
+from chasquid.telemetry.metrics import Counters
 
 if TYPE_CHECKING:
-    from chasquid.config import Config
+    from chasquid.confdir.config import Config
 
 log = logging.getLogger("chasquid.queue")
 
@@ -112,7 +112,7 @@ def next_delay(
 
 def parse_retry_schedule(text: str) -> tuple[float, ...]:
     """Parse ``--testing__retry_schedule`` (comma-separated Go durations, e.g. ``1s,2s,3s``)."""
-    from chasquid.gofmt import parse_duration
+    from chasquid.durations import parse_duration
 
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
-from chasquid.aliases import RecipientKind
+from chasquid.confdir.aliases import RecipientKind
 from chasquid.errors import ChasquidError
 
 MAGIC = b"chasquid-queue-item"

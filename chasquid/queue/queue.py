@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
-from chasquid.aliases import RecipientKind
+from chasquid.confdir.aliases import RecipientKind
 from chasquid.errors import ChasquidError
-from chasquid.metrics import Counters
 from chasquid.queue.ids import new_id
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.store import QueueStore, QueueStoreError, StoreOp
+from chasquid.telemetry.metrics import Counters
 
 log = logging.getLogger("chasquid.queue")
 
@@ -34,7 +34,7 @@ class QueueError(ChasquidError):
 
 
 class ResolvedRecipient(Protocol):
-    """What the alias resolver returns per final recipient (chasquid.aliases.Recipient)."""
+    """What the alias resolver returns per final recipient (chasquid.confdir.aliases.Recipient)."""
 
     @property
     def address(self) -> str: ...
@@ -47,7 +47,7 @@ class ResolvedRecipient(Protocol):
 
 
 class AliasResolver(Protocol):
-    """The part of chasquid.aliases.Resolver the queue needs."""
+    """The part of chasquid.confdir.aliases.Resolver the queue needs."""
 
     async def resolve(self, addr: str) -> Sequence[ResolvedRecipient]: ...
 

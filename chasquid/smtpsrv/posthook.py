@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from chasquid.hooks import HookError, HookMissingError, run_hook
+from chasquid.programs.hooks import HookError, HookMissingError, run_hook
 from chasquid.smtpsrv.headers import hook_output_is_valid
 
 log = logging.getLogger("chasquid.smtpsrv")

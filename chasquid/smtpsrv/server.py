@@ -8,16 +8,16 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from chasquid.config import Config
-from chasquid.domaininfo import DomainInfoStore
-from chasquid.domains import Domains
-from chasquid.layout import ConfigDir
-from chasquid.maillog import MailLog
-from chasquid.metrics import Counters
+from chasquid.confdir.config import Config
+from chasquid.confdir.domaininfo import DomainInfoStore
+from chasquid.confdir.domains import Domains
+from chasquid.confdir.layout import ConfigDir
 from chasquid.queue.queue import Queue
 from chasquid.smtpsrv.auth import Authenticator
 from chasquid.smtpsrv.certs import Certificates
 from chasquid.smtpsrv.registry import Sessions
+from chasquid.telemetry.maillog import MailLog
+from chasquid.telemetry.metrics import Counters
 
 HANDSHAKE_TIMEOUT = 60.0
 #: Connection lifetime (spec/10 §4.2).

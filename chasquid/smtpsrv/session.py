@@ -22,10 +22,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from chasquid.aliases import AliasError
-from chasquid.domaininfo import SecLevel
-from chasquid.gofmt import go_quote
-from chasquid.maillog import format_client
+from chasquid.confdir.aliases import AliasError
+from chasquid.confdir.domaininfo import SecLevel
+from chasquid.goquote import go_quote
 from chasquid.normalize import NormalizationError, normalize_domain, normalize_user
 from chasquid.queue.queue import QueueError
 from chasquid.smtpsrv import auth, headers, posthook
@@ -35,6 +34,7 @@ from chasquid.smtpsrv.certs import SNI_ATTR, valid_hostname
 from chasquid.smtpsrv.dataread import BadLineEnding, DataReadError, read_data
 from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
 from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
+from chasquid.telemetry.maillog import format_client
 
 log = logging.getLogger("chasquid.smtpsrv")
 

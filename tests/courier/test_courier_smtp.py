@@ -13,9 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import trustme
 from helpers.smtppeers import Handler, Net, raw_server, smtp_server
 
+from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.smtp import Results, SMTPCourier, Timeouts
-from chasquid.domaininfo import DomainInfoStore, SecLevel
 
 MSG = b"Subject: hi\n\nline one\n.leading dot\n..two dots\nlast"
 

@@ -26,7 +26,7 @@ from typing import Protocol, TypedDict, Unpack
 import pytest
 import trustme
 
-from chasquid.userdb import UserDB
+from chasquid.confdir.userdb import UserDB
 from helpers.dns import failing_dns
 from helpers.ports import free_port
 from helpers.requirements import unavailable
@@ -55,7 +55,7 @@ def chasquid_command() -> list[str]:
     exe = Path(sys.executable).parent / "chasquid"
     if exe.exists():
         return [str(exe)]
-    return [sys.executable, "-c", "from chasquid.cli import main; main()"]
+    return [sys.executable, "-c", "from chasquid.daemon.cli import main; main()"]
 
 
 @dataclass

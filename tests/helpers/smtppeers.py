@@ -18,10 +18,10 @@ from typing import Any
 import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from chasquid.confdir.domaininfo import DomainInfoStore
 from chasquid.courier.smtp import SMTPCourier, Timeouts
-from chasquid.domaininfo import DomainInfoStore
-from chasquid.metrics import Counters
-from chasquid.sts import StsCache
+from chasquid.courier.sts import StsCache
+from chasquid.telemetry.metrics import Counters
 from helpers.ports import free_port
 
 HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]

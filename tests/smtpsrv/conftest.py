@@ -15,17 +15,17 @@ import trustme
 from helpers.dns import dns_server
 from helpers.programs import executable
 
-from chasquid import config as configmod
-from chasquid.domaininfo import DomainInfoStore
-from chasquid.domains import Domains, load_domains
-from chasquid.layout import ConfigDir
-from chasquid.maillog import MailLog
-from chasquid.metrics import Counters
+from chasquid.confdir import config as configmod
+from chasquid.confdir.domaininfo import DomainInfoStore
+from chasquid.confdir.domains import Domains, load_domains
+from chasquid.confdir.layout import ConfigDir
+from chasquid.confdir.userdb import UserDB
 from chasquid.queue.queue import Queue
 from chasquid.queue.store import QueueStore
 from chasquid.smtpsrv.certs import load_certificates
 from chasquid.smtpsrv.server import Mode, ReceptionContext, start_server
-from chasquid.userdb import UserDB
+from chasquid.telemetry.maillog import MailLog
+from chasquid.telemetry.metrics import Counters
 
 HOSTNAME = "mx.example.com"
 PASSWORD = "secret-pass"

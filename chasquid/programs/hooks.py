@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from chasquid.errors import ChasquidError
-from chasquid.process import Output, ProgramResult, ProgramStartError, run_program
+from chasquid.programs.process import Output, ProgramResult, ProgramStartError, run_program
 
 #: Bytes of stdout and of stderr kept from a hook; the rest is read and discarded.
 MAX_OUTPUT = 1024 * 1024

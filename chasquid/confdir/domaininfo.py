@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
+from chasquid.confdir.layout import DOMAININFO_DIR_MODE
 from chasquid.errors import ChasquidError
 from chasquid.fileio import atomic_write
-from chasquid.layout import DOMAININFO_DIR_MODE
 from chasquid.normalize import NormalizationError, normalize_domain
 
 log = logging.getLogger(__name__)

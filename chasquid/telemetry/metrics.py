@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 
+#: Outcomes of the alias-resolve hook, labelled ``resolve:<outcome>``.
+ALIAS_HOOK_RESULTS = "chasquid/aliases/hookResults"
+
 
 class Counters:
     """Named counters, each either a plain integer or a map keyed by a label.

@@ -26,8 +26,9 @@ from typing import Literal
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from chasquid.durations import DurationError, parse_duration
 from chasquid.errors import ChasquidError
-from chasquid.gofmt import DurationError, go_quote, parse_duration
+from chasquid.goquote import go_quote
 
 CONF_FILE_NAME = "chasquid.conf"
 OVERRIDES_SOURCE = "--config_overrides"

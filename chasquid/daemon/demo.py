@@ -1,4 +1,4 @@
-"""A ready-to-run demo setup for `make run`: `python -m chasquid.demo .demo`.
+"""A ready-to-run demo setup for `make run`: `python -m chasquid.daemon.demo .demo`.
 
 Creates, only if it does not exist yet, a directory holding a config dir
 (hostname localhost, domain example.test, one user with a random password, a
@@ -18,9 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from chasquid.layout import ConfigDir
+from chasquid.confdir.layout import ConfigDir
+from chasquid.confdir.userdb import UserDB
 from chasquid.selfsigned import self_signed
-from chasquid.userdb import UserDB
 
 HOSTNAME = "localhost"
 DOMAIN = "example.test"
@@ -118,7 +118,8 @@ def render_conf(final: Demo) -> str:
 
 def render_readme(final: Demo, password: str) -> str:
     """README.txt: how to use the demo."""
-    return f"""chasquid demo setup, made by `python -m chasquid.demo`; delete it to start again.
+    return f"""chasquid demo setup, made by `python -m chasquid.daemon.demo`;
+delete it to start again.
 
 User: {USER}@{DOMAIN}
 Password: {password}
@@ -175,9 +176,9 @@ def create(root: Path) -> tuple[str, bool]:
 
 
 def main(argv: list[str]) -> int:
-    """`python -m chasquid.demo DIR`."""
+    """`python -m chasquid.daemon.demo DIR`."""
     if len(argv) != 1:
-        print("Usage: python -m chasquid.demo DIR", file=sys.stderr)
+        print("Usage: python -m chasquid.daemon.demo DIR", file=sys.stderr)
         return 2
     password, created = create(Path(argv[0]))
     demo = Demo(Path(argv[0]).absolute())

@@ -1,6 +1,6 @@
 """Running a program from the event loop itself: posix_spawn, pipes and a pidfd.
 
-chasquid.process runs programs in worker threads; that costs little loop time
+chasquid.programs.process runs programs in worker threads; that costs little loop time
 but a lot of CPU when many messages go to an MDA: every blocking call of the
 thread (a dozen per run) hands the GIL back and forth with the loop (measured:
 over 200 futex calls per delivery). Here the program is started with
@@ -9,7 +9,7 @@ loop, so no thread is involved.
 
 posix_spawn cannot change directory, so this serves only programs that run in
 the daemon's own directory (its config dir) and are given by path; the caller
-(chasquid.process.run_program) decides. Every descriptor the daemon opens is
+(chasquid.programs.process.run_program) decides. Every descriptor the daemon opens is
 close-on-exec (PEP 446; sdactivation clears the flag's opposite), so the
 program gets only its stdin, stdout and stderr.
 """
@@ -24,7 +24,7 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from chasquid import cpuplacement
+from chasquid.programs import cpuplacement
 
 _CHUNK = 64 * 1024
 
@@ -32,7 +32,7 @@ _RESTORED_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
 )
 
-#: Output modes, as chasquid.process.Output's values.
+#: Output modes, as chasquid.programs.process.Output's values.
 SEPARATE, MERGED, DISCARD = "separate", "merged", "discard"
 
 
@@ -278,7 +278,7 @@ async def run(
     timeout: float,
     reap_timeout: float,
 ) -> Finished:
-    """Run argv[0] (a path) in the current directory, as chasquid.process.run_program does.
+    """Run argv[0] (a path) in the current directory, as chasquid.programs.process.run_program does.
 
     Raises OSError if the program cannot be started.
     """

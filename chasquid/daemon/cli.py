@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from chasquid.gofmt import DurationError, parse_duration
+from chasquid.durations import DurationError, parse_duration
 
 #: Boolean flags, which Go lets one write ``-name``, ``-name=true`` or ``-name=false``.
 BOOL_FLAGS = ("version", "logtime", "alsologtostderr")
@@ -178,8 +178,8 @@ def command(
         click.echo(version_line())
         return
 
-    from chasquid import daemon
-    from chasquid.mainlog import LogOptions, MainLog, MainLogError
+    from chasquid.daemon import app as daemon
+    from chasquid.daemon.mainlog import LogOptions, MainLog, MainLogError
 
     log_options = LogOptions(
         verbosity=v,

@@ -17,11 +17,8 @@ from typing import Any
 
 import yaml
 
-from chasquid.errors import ChasquidError
-from chasquid.fileio import atomic_write
-from chasquid.legacy_userdb import LegacyUserDBError, parse_legacy
-from chasquid.normalize import NormalizationError, normalize_user
-from chasquid.passwords import (
+from chasquid.confdir.legacy_userdb import LegacyUserDBError, parse_legacy
+from chasquid.confdir.passwords import (
     Entry,
     PasswordHash,
     Plain,
@@ -32,6 +29,9 @@ from chasquid.passwords import (
     hash_password,
     verify,
 )
+from chasquid.errors import ChasquidError
+from chasquid.fileio import atomic_write
+from chasquid.normalize import NormalizationError, normalize_user
 
 FORMAT_VERSION = 1
 # The file holds password hashes: readable by its owner only (the spec's 0660 would

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from chasquid import __version__, sdactivation
-from chasquid.errors import ChasquidError, os_reason
-from chasquid.gofmt import format_duration, go_list, go_quote
-from chasquid.listeners import (
+from chasquid import __version__
+from chasquid.daemon import sdactivation
+from chasquid.daemon.listeners import (
     MODES,
     Listener,
     ListenError,
@@ -31,19 +30,22 @@ from chasquid.listeners import (
     bind_tcp,
     plan_listeners,
 )
-from chasquid.mainlog import MainLog
-from chasquid.metrics import Counters
+from chasquid.daemon.mainlog import MainLog
+from chasquid.durations import format_duration
+from chasquid.errors import ChasquidError, os_reason
+from chasquid.goquote import go_list, go_quote
+from chasquid.telemetry.metrics import ALIAS_HOOK_RESULTS, Counters
 
 if TYPE_CHECKING:
-    from chasquid.config import Config
-    from chasquid.domaininfo import DomainInfoStore
-    from chasquid.domains import Domains
-    from chasquid.layout import ConfigDir, DataDir
-    from chasquid.maillog import MailLog
+    from chasquid.confdir.config import Config
+    from chasquid.confdir.domaininfo import DomainInfoStore
+    from chasquid.confdir.domains import Domains
+    from chasquid.confdir.layout import ConfigDir, DataDir
     from chasquid.queue.delivery import Delivery
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
     from chasquid.smtpsrv.server import Mode, ReceptionContext
+    from chasquid.telemetry.maillog import MailLog
 
 log = logging.getLogger("chasquid.daemon")
 
@@ -243,7 +245,7 @@ class Daemon:
         """Start up in the specified order, serve until asked to stop, shut down gracefully."""
         log.info("chasquid starting (version %s)", __version__)
         # MDAs, pipes and hooks each hold a worker thread while they run
-        # (chasquid.process); with Python's default of cpu+4 workers a few slow
+        # (chasquid.programs.process); with Python's default of cpu+4 workers a few slow
         # programs would delay the queue's fsyncs and scrypt checks behind them.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=PROGRAM_THREADS, thread_name_prefix="chasquid-worker")
@@ -260,7 +262,7 @@ class Daemon:
                 f"chdir {self.options.config_dir}: {os_reason(e)}"
             ) from None
 
-        from chasquid.layout import ConfigDir, data_dir_for
+        from chasquid.confdir.layout import ConfigDir, data_dir_for
 
         # From here on every relative path is relative to the config dir.
         self.config_dir = ConfigDir(Path("."))
@@ -303,7 +305,7 @@ class Daemon:
         return 0
 
     def _load_config(self) -> Config:
-        from chasquid.config import ConfigError, load
+        from chasquid.confdir.config import ConfigError, load
 
         try:
             return load(self.options.config_dir, self.options.config_overrides)
@@ -311,7 +313,7 @@ class Daemon:
             raise FatalError(f"Error loading config: {e}") from None
 
     def _open_maillog(self, config: Config) -> MailLog:
-        from chasquid.maillog import MailLog, MailLogError
+        from chasquid.telemetry.maillog import MailLog, MailLogError
 
         try:
             return MailLog.open(config.mail_log_path)
@@ -331,20 +333,25 @@ class Daemon:
         return self.certificates is not None
 
     def _load_domains(self) -> Domains:
-        from chasquid.domains import load_domains
+        from chasquid.confdir.domains import load_domains
 
         assert self.config_dir is not None and self.config is not None
         log.info("Loading domains:")
         try:
-            domains = load_domains(self.config_dir.root, self.config, counters=self.counters)
+            domains = load_domains(
+                self.config_dir.root, self.config, on_hook_result=self._count_hook_result
+            )
         except ChasquidError as e:
             raise FatalError(_domain_error_line(str(e))) from None
         for line in domains.summary_lines():
             log.info("%s", line)
         return domains
 
+    def _count_hook_result(self, outcome: str) -> None:
+        self.counters.inc(ALIAS_HOOK_RESULTS, f"resolve:{outcome}")
+
     def _open_domaininfo(self) -> DomainInfoStore:
-        from chasquid.domaininfo import DomainInfoStore
+        from chasquid.confdir.domaininfo import DomainInfoStore
 
         assert self.data_dir is not None
         try:
@@ -353,7 +360,7 @@ class Daemon:
             raise FatalError(f"Error opening domain info database: {e}") from None
 
     def _init_sts_cache(self) -> None:
-        from chasquid.layout import STS_CACHE_DIR_MODE
+        from chasquid.confdir.layout import STS_CACHE_DIR_MODE
 
         assert self.data_dir is not None
         path = self.data_dir.sts_cache
@@ -387,8 +394,8 @@ class Daemon:
     def _start_delivery(self, queue: Queue) -> Delivery:
         """Delivery loops for every item (queue/delivery.py), remote mail over SMTP."""
         from chasquid.courier.smtp import SMTPCourier
+        from chasquid.courier.sts import StsCache
         from chasquid.queue.delivery import DEFAULT_RETRY_SCHEDULE, couriers_for, start_delivery
-        from chasquid.sts import StsCache
 
         assert self.config is not None and self.maillog is not None
         assert self.data_dir is not None and self.domaininfo is not None
@@ -406,7 +413,7 @@ class Daemon:
 
     async def _start_localrpc(self) -> None:
         """The local RPC server for chasquid-util (spec/30 §2.5); failure is only logged."""
-        from chasquid import localrpc
+        from chasquid.localrpc import server as localrpc
         from chasquid.queue import admin
 
         assert self.data_dir is not None and self.domaininfo is not None
@@ -553,12 +560,15 @@ class Daemon:
         self.certificates = certs
 
     async def _reload_domains(self) -> None:
-        from chasquid.domains import load_domains
+        from chasquid.confdir.domains import load_domains
 
         assert self.config_dir is not None and self.config is not None
         try:
             domains = await asyncio.to_thread(
-                load_domains, self.config_dir.root, self.config, counters=self.counters
+                load_domains,
+                self.config_dir.root,
+                self.config,
+                on_hook_result=self._count_hook_result,
             )
         except ChasquidError as e:
             log.error("Error reloading domains, keeping the previous ones: %s", e)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from chasquid.confdir.passwords import Entry, Plain, ReceiveOnly, scrypt_entry
 from chasquid.errors import ChasquidError
 from chasquid.normalize import NormalizationError, normalize_user
-from chasquid.passwords import Entry, Plain, ReceiveOnly, scrypt_entry
 
 
 class LegacyUserDBError(ChasquidError):

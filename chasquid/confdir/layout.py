@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from chasquid.config import Config
+    from chasquid.confdir.config import Config
 
 # Requested modes before the umask, as chasquid creates them.
 QUEUE_DIR_MODE = 0o700

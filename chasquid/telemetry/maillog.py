@@ -21,8 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Protocol
 
+from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError
-from chasquid.gofmt import format_duration
 
 log = logging.getLogger("chasquid.maillog")
 

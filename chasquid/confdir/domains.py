@@ -14,16 +14,22 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from chasquid.aliases import AliasError, Recipient, Resolver, UserFallback, load_aliases
+from chasquid.confdir.aliases import (
+    AliasError,
+    HookResultListener,
+    Recipient,
+    Resolver,
+    UserFallback,
+    load_aliases,
+)
+from chasquid.confdir.layout import ConfigDir
+from chasquid.confdir.userdb import UserDB, UserDBError
 from chasquid.errors import ChasquidError
-from chasquid.gofmt import go_quote_ascii
-from chasquid.layout import ConfigDir
-from chasquid.metrics import Counters
+from chasquid.goquote import go_quote_ascii
 from chasquid.normalize import NormalizationError, normalize_domain
-from chasquid.userdb import UserDB, UserDBError
 
 if TYPE_CHECKING:
-    from chasquid.config import Config
+    from chasquid.confdir.config import Config
 
 #: Always a local domain, with no directory and no user database.
 LOCALHOST = "localhost"
@@ -135,12 +141,12 @@ def load_domains(
     config: Config,
     *,
     user_fallback: UserFallback | None = None,
-    counters: Counters | None = None,
+    on_hook_result: HookResultListener | None = None,
 ) -> Domains:
     """Discover and load every local domain under config_dir (start-up).
 
     user_fallback (e.g. Dovecot) is asked about users a domain's database
-    does not know; counters receive the alias-resolve hook results. Raises
+    does not know; on_hook_result is told each alias-resolve hook outcome. Raises
     DomainsError with the message to log.
     """
     layout = ConfigDir(Path(config_dir))
@@ -150,7 +156,7 @@ def load_domains(
         hook=layout.alias_resolve_hook,
         hook_cwd=layout.root,
         fallback=user_fallback,
-        counters=counters,
+        on_hook_result=on_hook_result,
     )
     return _build(discover(layout.domains), template)
 

@@ -10,7 +10,7 @@ read, write and wait, so the loop keeps serving sessions meanwhile.
 
 Programs given by path that run in the daemon's own directory (MDAs and
 hooks in the daemon, which runs in its config dir) skip the thread:
-chasquid.loopspawn starts them with posix_spawn and the loop watches their
+chasquid.programs.loopspawn starts them with posix_spawn and the loop watches their
 pipes and exit (the thread's GIL hand-offs cost more CPU than the run).
 
 The program runs in a new session, so its pid is its process group: on
@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chasquid import loopspawn
 from chasquid.errors import ChasquidError
+from chasquid.programs import loopspawn
 
 #: Bytes of output kept by default (per stream); the rest is read and discarded.
 MAX_OUTPUT = 64 * 1024

@@ -17,8 +17,6 @@ from types import MappingProxyType
 from typing import Protocol
 
 from chasquid.errors import ChasquidError
-from chasquid.hooks import HookError, HookMissingError, run_hook
-from chasquid.metrics import Counters
 from chasquid.normalize import (
     NormalizationError,
     clean,
@@ -26,6 +24,7 @@ from chasquid.normalize import (
     remove_drops,
     split_addr,
 )
+from chasquid.programs.hooks import HookError, HookMissingError, run_hook
 
 #: Maximum depth of alias expansion before resolution fails.
 RECURSION_LIMIT = 10
@@ -35,8 +34,6 @@ HOOK_TIMEOUT = 5.0
 MAX_LINE = 64 * 1024
 
 _VIA = " via "
-#: Monitoring counter of alias-resolve hook outcomes (spec/30 monitoring).
-HOOK_COUNTER = "chasquid/aliases/hookResults"
 
 
 class AliasError(ChasquidError):
@@ -79,6 +76,8 @@ class UserStore(Protocol):
 #: Asked with `user@domain` when a domain's store does not know the user
 #: (e.g. Dovecot); raises ChasquidError or OSError when the backend fails.
 UserFallback = Callable[[str], Awaitable[bool]]
+#: Told each alias-resolve hook outcome: notset, skip, success, fail or parse_err.
+HookResultListener = Callable[[str], None]
 
 
 class _RhsError(Exception):
@@ -221,7 +220,7 @@ class Resolver:
     hook_cwd: Path | None = None
     hook_timeout: float = HOOK_TIMEOUT
     fallback: UserFallback | None = None
-    counters: Counters | None = field(default=None, compare=False)
+    on_hook_result: HookResultListener | None = field(default=None, compare=False)
 
     _hook_path: str = field(default="", init=False, repr=False, compare=False)
 
@@ -253,8 +252,8 @@ class Resolver:
         return not domain or domain in self.local_domains
 
     def _count(self, result: str) -> None:
-        if self.counters is not None:
-            self.counters.inc(HOOK_COUNTER, f"resolve:{result}")
+        if self.on_hook_result is not None:
+            self.on_hook_result(result)
 
     async def _run_hook(self, addr: str) -> tuple[Recipient, ...]:
         if self.hook is None:

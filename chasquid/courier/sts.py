@@ -24,12 +24,11 @@ from pathlib import Path
 import dns.asyncresolver
 import dns.exception
 
+from chasquid.confdir.layout import STS_CACHE_DIR_MODE
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.mx import resolve_host
 from chasquid.dnsconfig import make_async_resolver
 from chasquid.fileio import atomic_write
-from chasquid.layout import STS_CACHE_DIR_MODE
-from chasquid.metrics import Counters
 from chasquid.normalize import NormalizationError, domain_to_ascii
 from chasquid.remoteports import https_port
 from chasquid.stspolicy import (
@@ -39,6 +38,7 @@ from chasquid.stspolicy import (
     fetch_policy_text,
     parse_policy,
 )
+from chasquid.telemetry.metrics import Counters
 
 log = logging.getLogger(__name__)
 
