@@ -16,6 +16,7 @@ import idna
 import precis_i18n
 
 from chasquid.errors import ChasquidError
+from chasquid.goquote import go_quote
 
 _ACE_PREFIX = "xn--"
 # Bounds the NFC/lowercase fixed-point loop; real text settles in one or two rounds.
@@ -45,13 +46,58 @@ def normalize_user(user: str) -> str:
     try:
         result = _USERNAME_PROFILE.enforce(user)
     except UnicodeError as e:
-        reason = getattr(e, "reason", str(e))
-        raise NormalizationError(f"invalid user name {user!r}: precis: {reason}") from None
+        raise _invalid_user(user, _precis_problem(e)) from None
     except (ValueError, TypeError, IndexError) as e:
-        raise NormalizationError(f"invalid user name {user!r}: precis: {e}") from None
+        raise _invalid_user(user, str(e)) from None
     if not isinstance(result, str):
-        raise NormalizationError(f"invalid user name {user!r}: precis returned no text")
+        raise _invalid_user(user, "it cannot be normalized")
     return result
+
+
+def _invalid_user(user: str, problem: str) -> NormalizationError:
+    return NormalizationError(f"invalid user name {go_quote(user)}: {problem}")
+
+
+# What precis_i18n's reasons ("DISALLOWED/<kind>") mean, in words: the kind of
+# character found, or the problem with the whole name.
+_CHARACTER_KINDS = {
+    "spaces": "space",
+    "symbols": "symbol",
+    "punctuation": "punctuation mark",
+    "controls": "control character",
+    "precis_ignorable_properties": "invisible character",
+    "old_hangul_jamo": "old Hangul jamo",
+    "unassigned": "unassigned code point",
+}
+_WHOLE_NAME = {
+    "empty": "it is empty",
+    "bidi_rule": "it mixes right-to-left and left-to-right text in a way that is not allowed",
+    "not_idempotent": "it changes each time it is normalized",
+}
+
+
+def describe_character(c: str) -> str:
+    """``"é" (U+00E9 LATIN SMALL LETTER E WITH ACUTE)``; an invisible one without its glyph."""
+    name = unicodedata.name(c, "")
+    label = f"(U+{ord(c):04X} {name})" if name else f"(U+{ord(c):04X})"
+    if not c.isprintable() or c.isspace():
+        return label
+    return f'"{c}" {label}'
+
+
+def _precis_problem(e: UnicodeError) -> str:
+    """A precis_i18n error in words: which character is not allowed, and where."""
+    kind = str(getattr(e, "reason", "")).removeprefix("DISALLOWED/")
+    if kind in _WHOLE_NAME:
+        return _WHOLE_NAME[kind]
+    text, start = getattr(e, "object", ""), getattr(e, "start", -1)
+    if not isinstance(text, str) or not 0 <= start < len(text):
+        return f"it is not allowed ({kind or e})"
+    what = _CHARACTER_KINDS.get(kind, "character")
+    return (
+        f"the {what} {describe_character(text[start])} at position {start + 1} "
+        "is not allowed in a user name"
+    )
 
 
 def _fold(label: str) -> str:
@@ -71,7 +117,10 @@ def _has_surrogate(text: str) -> bool:
 def _decode_label(label: str, domain: str) -> str:
     """Decode one already-folded ``xn--`` label with raw punycode (no IDNA validation)."""
     payload = label[len(_ACE_PREFIX) :]
-    bad = f"invalid domain {domain!r}: label {label!r} is not valid punycode"
+    bad = (
+        f"invalid domain {go_quote(domain)}: the label {go_quote(label)} starts with "
+        '"xn--" but is not valid punycode'
+    )
     if not payload or not payload.isascii() or payload.endswith("-"):
         raise NormalizationError(bad)
     try:
@@ -96,7 +145,9 @@ def normalize_domain(domain: str) -> str:
     case (``XN--LCA`` is ``ñ``) so that the result is stable when normalized again.
     """
     if _has_surrogate(domain):
-        raise NormalizationError(f"invalid domain {domain!r}: contains surrogate characters")
+        raise NormalizationError(
+            f"invalid domain {go_quote(domain)}: it contains surrogate characters"
+        )
     labels = []
     for raw in domain.split("."):
         label = _fold(raw)
@@ -112,7 +163,9 @@ def normalize_addr(addr: str) -> str:
     norm_user = normalize_user(user)
     if "@" in norm_user:
         # Width mapping turns U+FF20 into "@", which would move the split point.
-        raise NormalizationError(f"invalid address {addr!r}: user part maps to one with '@'")
+        raise NormalizationError(
+            f'invalid address {go_quote(addr)}: its user part holds a character that stands for "@"'
+        )
     return f"{norm_user}@{normalize_domain(domain)}"
 
 
@@ -132,7 +185,8 @@ def _label_to_ascii(label: str, domain: str) -> str:
         encoded = idna.alabel(mapped).decode("ascii")
     except (ValueError, IndexError, TypeError) as e:
         raise NormalizationError(
-            f"domain {domain!r} cannot be written in ASCII: label {label!r}: {e}"
+            f"invalid domain {go_quote(domain)}: the label {go_quote(label)} cannot be "
+            f"written in ASCII: {e}"
         ) from None
     return encoded
 
@@ -148,8 +202,8 @@ def domain_to_ascii(domain: str) -> str:
     result = ".".join(_label_to_ascii(label, domain) for label in norm.split("."))
     if normalize_domain(result) != norm:
         raise NormalizationError(
-            f"domain {domain!r} cannot be written in ASCII without changing it "
-            f"({result!r} means something else)"
+            f"invalid domain {go_quote(domain)}: it cannot be written in ASCII without "
+            f"changing it ({go_quote(result)} means something else)"
         )
     return result
 

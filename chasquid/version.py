@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+import click
 
 import chasquid
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def source_date() -> datetime.datetime:
@@ -25,6 +31,28 @@ def format_source_date(when: datetime.datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S %z %Z")
 
 
-def version_line() -> str:
-    """What ``chasquid --version`` prints."""
-    return f"chasquid {chasquid.__version__} (source date: {format_source_date(source_date())})"
+def version_line(prog: str = "chasquid") -> str:
+    """What ``<prog> --version`` prints."""
+    return f"{prog} {chasquid.__version__} (source date: {format_source_date(source_date())})"
+
+
+def version_option(prog: str, *decls: str) -> Callable[[F], F]:
+    """A click ``--version`` flag (or the given spellings): print `version_line` and exit 0.
+
+    It is eager, so it answers before any other option is checked or any
+    configuration is read.
+    """
+
+    def show(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(prog))
+            ctx.exit()
+
+    return click.option(
+        *(decls or ("--version",)),
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="Print the version and exit.",
+    )

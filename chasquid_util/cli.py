@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from chasquid.version import version_option
 from chasquid_util import daemonless, daemonrpc, queue_commands, render, users
 from chasquid_util.argv import normalize_argv
 from chasquid_util.completers import complete_domains, complete_new_user, complete_users
@@ -84,6 +85,7 @@ def _get_password(password: str | None) -> str:
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @common_options
+@version_option(PROG_NAME)
 @click.pass_context
 def cli(ctx: click.Context, /, **_: Any) -> None:
     """Administer chasquid: users, aliases, domaininfo and configuration.
@@ -92,7 +94,7 @@ def cli(ctx: click.Context, /, **_: Any) -> None:
     with "=" (-C=/etc/chasquid) or follow as the next word.
     """
     if ctx.invoked_subcommand is None:
-        click.echo('Unknown argument ""')
+        # No command is a mistake (exit 1), but the help is all there is to say.
         click.echo(ctx.get_help(), err=True)
         sys.exit(1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import termios
 from typing import TextIO
 
@@ -12,19 +11,16 @@ from chasquid_util.errors import UtilError
 def read_password(prompt: str, stdin: TextIO, stdout: TextIO) -> str:
     """Print prompt to stdout and read one line from the stdin terminal with echo off.
 
-    Raises UtilError when stdin is not a terminal: a password must never be
-    taken silently from a pipe by accident.
+    Raises UtilError, before anything is printed, when stdin is not a
+    terminal: a password must never be taken silently from a pipe by accident.
     """
     try:
         fd = stdin.fileno()
         old = termios.tcgetattr(fd)
-    except (OSError, ValueError, termios.error) as e:
-        stdout.write(prompt + "\n")
-        stdout.flush()
+    except (OSError, ValueError, termios.error):
         raise UtilError(
-            f"Error reading password: {_reason(e)} (stdin is not a terminal; "
-            "use --password=... to give it on the command line)"
-        ) from e
+            "Cannot ask for the password: stdin is not a terminal; give it with --password=..."
+        ) from None
     new = list(old)
     new[3] &= ~termios.ECHO
     # Echo goes off before the prompt appears, so nothing typed after seeing it is
@@ -50,11 +46,3 @@ def ask_password_twice(stdin: TextIO, stdout: TextIO) -> str:
     if first != second:
         raise UtilError("Passwords don't match")
     return first
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, OSError) and e.errno is not None:
-        return os.strerror(e.errno).lower()
-    if isinstance(e, termios.error) and e.args and isinstance(e.args[-1], str):
-        return e.args[-1].lower()
-    return str(e) or type(e).__name__

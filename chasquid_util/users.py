@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.confdir.layout import ConfigDir
 from chasquid.confdir.passwords import ReceiveOnly
 from chasquid.confdir.userdb import UserDB, UserDBError
-from chasquid.normalize import NormalizationError, normalize_domain, normalize_user
+from chasquid.goquote import go_quote
+from chasquid.normalize import (
+    NormalizationError,
+    describe_character,
+    domain_to_ascii,
+    normalize_domain,
+    normalize_user,
+)
 from chasquid_util.errors import UtilError
 
 # Mode of a domain directory created by user-add (spec/30 §3.3).
@@ -57,16 +65,37 @@ def require_config_dir(config_dir: Path) -> ConfigDir:
     return ConfigDir(config_dir)
 
 
+# ASCII characters a domain name may hold; other ASCII characters (spaces, "@",
+# "/", quotes, ...) are typing mistakes, and a directory named with them would
+# never receive mail.
+_DOMAIN_ASCII = frozenset(string.ascii_letters + string.digits + "-_.")
+
+
 def check_domain(domain: str) -> str:
     """Validate a domain typed by the operator and return its normalized form."""
     if not domain:
         raise UtilError("Domain missing, username should be of the form 'user@domain'")
-    if "/" in domain or "\0" in domain or domain.strip(".") == "" or domain.startswith("."):
-        raise UtilError(f'Invalid domain "{domain}": not usable as a directory name')
+    quoted = go_quote(domain)
+    if domain.strip(".") == "" or domain.startswith("."):
+        raise UtilError(f"Invalid domain {quoted}: not usable as a directory name")
+    for i, c in enumerate(domain):
+        if c.isascii() and c not in _DOMAIN_ASCII:
+            raise UtilError(
+                f"Invalid domain {quoted}: the character {describe_character(c)} at position "
+                f'{i + 1} is not allowed in a domain name (letters, digits, "-" and "." are)'
+            )
     try:
-        return normalize_domain(domain)
+        normalized = normalize_domain(domain)
+        domain_to_ascii(normalized)
     except NormalizationError as e:
-        raise UtilError(f'Invalid domain "{domain}": {e}') from None
+        raise UtilError(sentence(e)) from None
+    return normalized
+
+
+def sentence(e: Exception) -> str:
+    """A library error (``invalid user name ...``) as the sentence a command prints."""
+    message = str(e)
+    return message[:1].upper() + message[1:]
 
 
 def find_domain_dir(cdir: ConfigDir, domain: str) -> Path:
@@ -121,7 +150,7 @@ def resolve_user(config_dir: Path, address: str) -> UserTarget:
     try:
         user = normalize_user(raw_user)
     except NormalizationError as e:
-        raise UtilError(f"Error normalizing user: {e}") from None
+        raise UtilError(sentence(e)) from None
     return UserTarget(user, domain_dir.name, domain_dir, users_file, db)
 
 

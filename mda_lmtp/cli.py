@@ -11,11 +11,14 @@ import sys
 
 import click
 
+from chasquid.version import version_option
+
 
 @click.command(
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
     help="Deliver the message on stdin to an LMTP server (Dovecot, ...).",
 )
+@version_option("mda-lmtp", "-version", "--version")
 @click.option("-addr", "--addr", "addr", default="", help="LMTP server address (required).")
 @click.option(
     "-addr_network",

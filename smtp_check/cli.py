@@ -11,11 +11,14 @@ import sys
 
 import click
 
+from chasquid.version import version_option
+
 
 @click.command(
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
     help="Check a domain's mail setup from the outside: MTA-STS, MX, SPF and TLS.",
 )
+@version_option("smtp-check", "-version", "--version")
 @click.option("-port", "--port", "port", default="smtp", help="Port used to connect to each MX.")
 @click.option("-localname", "--localname", "localname", default="localhost", help="EHLO name.")
 @click.option(

@@ -24,10 +24,12 @@ def _chasquid(*args: str) -> subprocess.CompletedProcess[str]:
 def test_go_style_rewrites() -> None:
     assert go_style_argv(["-v=2", "-logtime=false", "-alsologtostderr=1", "-config_dir=x"]) == [
         "--v=2",
-        "--no-logtime",
         "--alsologtostderr",
         "-config_dir=x",
     ]
+    # The last spelling of a boolean wins, as with Go's flag package.
+    assert go_style_argv(["-logtime", "--logtime", "-logtime=false", "-v=1"]) == ["--v=1"]
+    assert go_style_argv(["-logtime=false", "-logtime"]) == ["-logtime"]
     assert go_style_argv(["--", "-v=2"]) == ["--", "-v=2"]
     assert go_style_argv(["-C=/etc/x"]) == ["-C", "/etc/x"]
     with pytest.raises(click.UsageError, match="invalid boolean"):
@@ -62,6 +64,20 @@ def test_help_lists_every_flag(flag: str) -> None:
         "-testing__max_received_headers",
     ):
         assert name in proc.stdout
+
+
+def test_help_shows_only_real_spellings() -> None:
+    text = _chasquid("--help").stdout
+    assert "IGNORED" not in text
+    assert "--no-" not in text and "-noversion" not in text
+
+
+@pytest.mark.parametrize("args", [["foo"], ["-C=/nonexistent", "run", "now"]])
+def test_unknown_arguments_are_an_error(args: list[str]) -> None:
+    proc = _chasquid(*args)
+    assert proc.returncode == 2
+    assert "Got unexpected extra argument" in proc.stderr
+    assert proc.stdout == ""
 
 
 def test_unknown_flag_exits_2() -> None:

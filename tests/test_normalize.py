@@ -81,8 +81,29 @@ def test_normalize_user(user: str, expected: str) -> None:
     ["", "a b", "a\tb", "a\rb", "a\vb", "a\fb", "a\x85b", "a\xa0b", "\u265a", "\u00b9", "\u2163"],
 )
 def test_normalize_user_errors(user: str) -> None:
-    with pytest.raises(NormalizationError, match="precis"):
+    with pytest.raises(NormalizationError, match=r"^invalid user name .*: (it is empty|the .*)"):
         normalize_user(user)
+
+
+@pytest.mark.parametrize(
+    ("user", "problem"),
+    [
+        ("", "it is empty"),
+        ("a b", "the space (U+0020 SPACE) at position 2 is not allowed in a user name"),
+        ("ab\x00", "the control character (U+0000) at position 3 is not allowed in a user name"),
+        (
+            "x\u265a",
+            'the symbol "\u265a" (U+265A BLACK CHESS KING) at position 2 is not allowed in a '
+            "user name",
+        ),
+        ("a\u0600", "it mixes right-to-left and left-to-right text in a way that is not allowed"),
+    ],
+)
+def test_user_errors_say_what_is_wrong(user: str, problem: str) -> None:
+    with pytest.raises(NormalizationError) as info:
+        normalize_user(user)
+    assert str(info.value).endswith(": " + problem)
+    assert "precis" not in str(info.value) and "DISALLOWED" not in str(info.value)
 
 
 def test_normalize_addr() -> None:

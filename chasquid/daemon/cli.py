@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from chasquid.durations import DurationError, parse_duration
+from chasquid.version import version_option
 
 #: Boolean flags, which Go lets one write ``-name``, ``-name=true`` or ``-name=false``.
 BOOL_FLAGS = ("version", "logtime", "alsologtostderr")
@@ -24,9 +25,11 @@ _ASSIGNMENT = re.compile(r"^(--?)([A-Za-z0-9_-]+)=(.*)$", re.DOTALL)
 def go_style_argv(args: Sequence[str]) -> list[str]:
     """Rewrite the Go spellings click does not know into ones it does.
 
-    ``-flag=true``/``-flag=false`` become ``--flag``/``--no-flag``, ``-v=N``
-    becomes ``--v=N`` and ``-C=DIR`` becomes ``-C DIR``; everything else is
-    passed through unchanged. Parsing stops rewriting after ``--``.
+    ``-flag=true`` becomes ``--flag``; ``-flag=false`` is dropped with every
+    earlier spelling of the flag (the last one wins, as in Go), so the help
+    needs no ``--no-flag`` forms. ``-v=N`` becomes ``--v=N`` and ``-C=DIR``
+    becomes ``-C DIR``; everything else is passed through unchanged. Parsing
+    stops rewriting after ``--``.
     """
     out: list[str] = []
     for i, arg in enumerate(args):
@@ -42,7 +45,7 @@ def go_style_argv(args: Sequence[str]) -> list[str]:
             if value in _GO_TRUE:
                 out.append(f"--{name}")
             elif value in _GO_FALSE:
-                out.append(f"--no-{name}")
+                out = [a for a in out if a not in (f"-{name}", f"--{name}")]
             else:
                 raise click.UsageError(f'invalid boolean value "{value}" for -{name}: parse error')
         elif name == "v":
@@ -80,23 +83,22 @@ def _names(name: str, *extra: str) -> list[str]:
     return decls
 
 
-def _bool_names(name: str) -> list[str]:
-    return [f"-{name}/-no{name}", f"--{name}/--no-{name}", name]
-
-
 def _text_flag(name: str, metavar: str, help: str, default: str = "") -> Callable[[F], F]:
     """A flag taking a string, in every spelling of `_names`."""
     return click.option(*_names(name), default=default, metavar=metavar, help=help)
 
 
 def _bool_flag(name: str, help: str) -> Callable[[F], F]:
-    """A Go boolean flag: ``-name``/``-noname`` and the ``--`` forms."""
-    return click.option(*_bool_names(name), default=False, help=help)
+    """A Go boolean flag: ``-name`` or ``--name`` (``-name=false`` is handled by go_style_argv)."""
+    return click.option(f"-{name}", f"--{name}", name, is_flag=True, default=False, help=help)
 
 
 @click.command(
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
-    help="chasquid, an SMTP server for small mail servers.",
+    help="An SMTP server for small mail servers: easy to configure, hard to misconfigure.\n\n"
+    "It receives mail for the domains under the config dir's domains/, delivers it to "
+    "local users or on to other servers, and lets its users send mail after "
+    "authenticating. The configuration is chasquid.conf in the config dir.",
 )
 @click.option(
     *_names("config_dir", "-C"),
@@ -111,7 +113,7 @@ def _bool_flag(name: str, help: str) -> Callable[[F], F]:
     "Configuration text overlaid on chasquid.conf (same syntax; newlines or a YAML flow "
     'mapping such as {hostname: "a", max_data_size_mb: 10} give several keys).',
 )
-@_bool_flag("version", "Print the version and exit, before reading any configuration.")
+@version_option("chasquid", "-version", "--version")
 @click.option(
     "-v",
     "--v",
@@ -156,11 +158,9 @@ def _bool_flag(name: str, help: str) -> Callable[[F], F]:
     "For tests only: delivery retry delays, comma-separated Go durations (e.g. 1s,2s,3s); "
     "the default is 1m,5m,10m,20m.",
 )
-@click.argument("ignored", nargs=-1, type=click.UNPROCESSED)
 def command(
     config_dir: str,
     config_overrides: str,
-    version: bool,
     v: int,
     logfile: str,
     logtime: bool,
@@ -169,15 +169,8 @@ def command(
     testing__reload_every: float,
     testing__max_received_headers: int,
     testing__retry_schedule: str,
-    ignored: tuple[str, ...],
 ) -> None:
     """Run the daemon (the docstring is not shown: click uses the help= text)."""
-    from chasquid.version import version_line
-
-    if version:
-        click.echo(version_line())
-        return
-
     from chasquid.daemon import app as daemon
     from chasquid.daemon.mainlog import LogOptions, MainLog, MainLogError
 

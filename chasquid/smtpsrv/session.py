@@ -91,6 +91,10 @@ class SMTPSession(SMTP):
         self.errors = 0
         self._pending: list[bytes] = []
         self._handshaking = False
+        # Set once the session is over (QUIT answered, or we are closing): a client
+        # that then resets the connection, or skips the TLS close_notify, is normal
+        # traffic, not an error for the operator.
+        self._ending = False
         self.tcp_peer = ""
         self.client: Any = ""
         self.client_ip = ""
@@ -117,7 +121,9 @@ class SMTPSession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         """The connection is gone: leave the registry (the handler task is cancelled)."""
         self.ctx.sessions.discard(self)
-        if error is not None:
+        if error is not None and self._ending:
+            log.debug("SMTP.Conn %s: connection lost while closing: %s", self.tcp_peer, error)
+        elif error is not None:
             self._log_error(f"exiting with error: {error}")
         super().connection_lost(error)
 
@@ -165,6 +171,7 @@ class SMTPSession(SMTP):
         await self._writer.drain()
 
     def _close(self) -> None:
+        self._ending = True
         if self.transport is not None:
             if self._pending:
                 self.transport.write(b"".join(self._pending))  # type: ignore[attr-defined]
@@ -304,6 +311,7 @@ class SMTPSession(SMTP):
                 await self._send(502, "5.7.0 This is an SMTP server, not a web server")
                 return
             if verb == "QUIT":
+                self._ending = True
                 await self._send(221, "2.0.0 Goodbye")
                 return
             method = self._smtp_methods.get(verb) if verb.isalpha() else None
