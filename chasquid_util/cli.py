@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import click
 
+from chasquid.confdir.config import ConfigError, system_hostname
 from chasquid.version import version_option
 from chasquid_util import daemonless, daemonrpc, queue_commands, render, users
 from chasquid_util.argv import normalize_argv
@@ -227,7 +227,11 @@ def import_users(domain: str, file: Path | None, **_: Any) -> None:
 
 @cli.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--hostname", help="Host name of this mail server (default: this machine's).")
+@click.option(
+    "--hostname",
+    help="Host name of this mail server, the name its MX records point to "
+    "(default: this machine's host name).",
+)
 @click.option("--domain", help="First local domain.")
 @click.option("--data_dir", "--data-dir", "data_dir", help="Data directory.")
 @click.option(
@@ -249,9 +253,18 @@ def init(
 ) -> None:
     """Create a new config dir from flags, asking for what is missing. Never overwrites."""
     interactive = sys.stdin.isatty()
-    default_host = socket.getfqdn() or "localhost"
     if hostname is None:
-        hostname = click.prompt("Host name", default=default_host) if interactive else default_host
+        # The daemon's own default, so that init and a config without `hostname` agree.
+        try:
+            default_host: str | None = system_hostname()
+        except ConfigError:
+            default_host = None
+        if interactive:
+            hostname = click.prompt("Host name", default=default_host)
+        elif default_host is None:
+            raise UtilError("Missing --hostname: this machine's host name is unknown")
+        else:
+            hostname = default_host
     if domain is None:
         if not interactive:
             raise UtilError("Missing --domain (the first local domain, e.g. example.com)")

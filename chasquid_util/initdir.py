@@ -33,14 +33,20 @@ def render_conf(settings: InitSettings) -> str:
     """The chasquid.conf written by init: only what differs from the defaults, with hints."""
     return (
         "# chasquid configuration, written by `chasquid-util init`.\n"
-        "# Every key and its default: docs/config.md. Unlisted keys keep their defaults;\n"
-        "# listening addresses default to systemd socket activation.\n"
+        "# Every key and its default: docs/configuration.md. Keys not listed here\n"
+        "# keep their defaults.\n"
         f"hostname: {yaml_string(settings.hostname)}\n"
         f"data_dir: {yaml_string(settings.data_dir)}\n"
         "\n"
-        '# smtp_address: ":25"\n'
-        '# submission_address: ":587"\n'
-        '# submission_over_tls_address: ":465"\n'
+        "# The daemon binds these itself (the shipped chasquid.service lets it bind\n"
+        "# ports below 1024). For systemd socket activation instead, delete these\n"
+        "# three lines and enable the chasquid-*.socket units.\n"
+        'smtp_address: ":25"\n'
+        'submission_address: ":587"\n'
+        'submission_over_tls_address: ":465"\n'
+        "\n"
+        "# Local mail goes to this program (the default), or to Dovecot with\n"
+        '# mail_lmtp_address: "/run/dovecot/lmtp".\n'
         '# mail_delivery_agent_bin: "maildrop"\n'
     )
 

@@ -31,7 +31,8 @@ def verbose_option(f: F) -> F:
         "verbose",
         is_flag=True,
         default=None,
-        help="Verbose output (only the DKIM commands print more).",
+        help="Verbose output; accepted by every command, none prints more yet "
+        "(the DKIM commands that do are not there yet).",
     )(f)
 
 

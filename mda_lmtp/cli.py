@@ -16,7 +16,9 @@ from chasquid.version import version_option
 
 @click.command(
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
-    help="Deliver the message on stdin to an LMTP server (Dovecot, ...).",
+    help="Deliver the message on stdin to an LMTP server (Dovecot, ...).\n\n"
+    "Not there yet: this version only says so and exits with status 2. The "
+    "daemon's own mail_lmtp_address setting delivers over LMTP.",
 )
 @version_option("mda-lmtp", "-version", "--version")
 @click.option("-addr", "--addr", "addr", default="", help="LMTP server address (required).")

@@ -16,7 +16,8 @@ from chasquid.version import version_option
 
 @click.command(
     context_settings={"help_option_names": ["-h", "-help", "--help"]},
-    help="Check a domain's mail setup from the outside: MTA-STS, MX, SPF and TLS.",
+    help="Check a domain's mail setup from the outside: MTA-STS, MX, SPF and TLS.\n\n"
+    "Not there yet: this version only says so and exits with status 2.",
 )
 @version_option("smtp-check", "-version", "--version")
 @click.option("-port", "--port", "port", default="smtp", help="Port used to connect to each MX.")

@@ -6,17 +6,15 @@ import hashlib
 import io
 import json
 import os
-import pty
 import re
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers.requirements import unavailable
+from helpers.terminal import on_terminal, scripted
 
 from chasquid_util import render
 from chasquid_util.argv import normalize_argv
@@ -208,40 +206,14 @@ def test_password_without_a_terminal_is_one_line(tmp_path: Path, command: str) -
     assert not (cdir / "domains" / "example.com" / "users").exists()
 
 
-def _pty_session(args: list[str], answers: list[tuple[bytes, str]]) -> tuple[int, str]:
-    """Run chasquid-util on a pseudo-terminal; each (prompt, answer) is typed once its prompt shows.
-
-    Answering only when the prompt is on the last line means nothing is typed
-    while echo may still be on.
-    """
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover - the child execs at once
-        os.execv(str(UTIL), [str(UTIL), *args])
-    output = b""
-    pending = list(answers)
-    deadline = time.monotonic() + 30
-    try:
-        while time.monotonic() < deadline:
-            if not select.select([fd], [], [], 0.5)[0]:
-                continue
-            try:
-                chunk = os.read(fd, 1024)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-            if pending and pending[0][0] in output.rsplit(b"\n", 1)[-1]:
-                os.write(fd, pending.pop(0)[1].encode() + b"\n")
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), output.decode().replace("\r\n", "\n")
+def _pty_session(args: list[str], answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run chasquid-util on a terminal; each (prompt, answer) is typed once its prompt shows."""
+    return on_terminal([str(UTIL), *args], scripted(answers))
 
 
 def test_user_add_prompts_twice_without_echo(tmp_path: Path) -> None:
     cdir = make_config(tmp_path)
-    answers = [(b"Password: ", "s3cr3t-pw"), (b"Confirm password: ", "s3cr3t-pw")]
+    answers = [("Password: ", "s3cr3t-pw"), ("Confirm password: ", "s3cr3t-pw")]
     code, out = _pty_session([f"-C={cdir}", "user-add", "tty@example.com"], answers)
     assert code == 0, out
     assert "Password: \n" in out
@@ -254,7 +226,7 @@ def test_user_add_prompts_twice_without_echo(tmp_path: Path) -> None:
 
 def test_prompted_passwords_must_match(tmp_path: Path) -> None:
     cdir = make_config(tmp_path)
-    answers = [(b"Password: ", "one"), (b"Confirm password: ", "two")]
+    answers = [("Password: ", "one"), ("Confirm password: ", "two")]
     code, out = _pty_session([f"-C={cdir}", "user-add", "tty@example.com"], answers)
     assert code == 1
     assert "Passwords don't match" in out
@@ -464,8 +436,25 @@ def test_init_from_flags(tmp_path: Path) -> None:
         .read_bytes()
         .startswith(b"-----BEGIN CERTIFICATE-----")
     )
-    printed = run(f"-C={target}", "print-config")
-    assert 'hostname: "mx.example.com"' in printed.stdout.splitlines()
+    printed = run(f"-C={target}", "print-config").stdout.splitlines()
+    assert 'hostname: "mx.example.com"' in printed
+    # The daemon binds its ports itself with the shipped unit, no socket units needed.
+    for line in ('smtp_address: ":25"', 'submission_address: ":587"'):
+        assert line in printed
+    assert 'submission_over_tls_address: ":465"' in printed
+    assert "docs/configuration.md" in (target / "chasquid.conf").read_text()
+
+
+def test_init_suggests_the_daemons_default_host_name(tmp_path: Path) -> None:
+    import socket
+
+    from chasquid.confdir.config import Config
+
+    target = tmp_path / "c"
+    assert run("init", str(target), "--domain=example.com").returncode == 0
+    conf = (target / "chasquid.conf").read_text()
+    assert f'hostname: "{socket.gethostname()}"' in conf.splitlines()
+    assert Config().hostname == socket.gethostname()
 
 
 def test_init_never_overwrites(tmp_path: Path) -> None:
@@ -488,8 +477,8 @@ def test_init_needs_a_domain_when_not_interactive(tmp_path: Path) -> None:
 
 def test_init_asks_on_a_terminal(tmp_path: Path) -> None:
     target = tmp_path / "c"
-    answers = [(b"Host name", "mx.test"), (b"First domain", "test.example")]
-    answers.append((b"(for testing only)?", "y"))
+    answers = [("Host name", "mx.test"), ("First domain", "test.example")]
+    answers.append(("(for testing only)?", "y"))
     code, out = _pty_session(["init", str(target), "--data_dir=/srv/mail"], answers)
     assert code == 0, out
     assert (target / "domains" / "test.example").is_dir()

@@ -47,8 +47,8 @@ _DECIMAL_RE = re.compile(r"[-+]?[0-9]+\Z")
 _KEY_LINE_RE = re.compile(r"^[ ]*([A-Za-z_][A-Za-z0-9_]*)[ ]*:(?=[ ]|$)")
 
 
-def _system_hostname() -> str:
-    """The host name of this machine (the default of `hostname`)."""
+def system_hostname() -> str:
+    """The host name of this machine: the default of `hostname`, and what `init` suggests."""
     try:
         name = socket.gethostname()
     except OSError as e:
@@ -62,7 +62,7 @@ def _system_hostname() -> str:
 class Config:
     """The effective configuration: one field per chasquid.conf key, in canonical order."""
 
-    hostname: str = field(default_factory=_system_hostname)
+    hostname: str = field(default_factory=system_hostname)
     max_data_size_mb: int = 50
     smtp_address: tuple[str, ...] = ("systemd",)
     submission_address: tuple[str, ...] = ("systemd",)

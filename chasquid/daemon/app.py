@@ -268,16 +268,14 @@ class Daemon:
         self.config_dir = ConfigDir(Path("."))
         self.data_dir = data_dir_for(config, ".")
         self.maillog = self._open_maillog(config)
-        if config.monitoring_address:
-            # The monitoring HTTP server (spec/30 §7) is a later piece of work; say so
-            # rather than leave an operator wondering why nothing listens there.
-            log.error(
-                "Monitoring address %s ignored: this version has no monitoring server yet",
-                go_quote(config.monitoring_address),
-            )
 
         self.certificates = self._load_certificates()
         self.domains = self._load_domains()
+        # Said once, at start-up: settings of features not built yet do nothing.
+        from chasquid.daemon.unused_config import unused_config
+
+        for warning in unused_config(config, self.domains.dirs.values()):
+            log.warning("%s", warning)
         self.domaininfo = self._open_domaininfo()
         self._init_sts_cache()
         self.queue = await self._load_queue()

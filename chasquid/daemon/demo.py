@@ -28,7 +28,6 @@ USER = "demo"
 SMTP_ADDRESS = "127.0.0.1:2525"
 SUBMISSION_ADDRESS = "127.0.0.1:2587"
 SUBMISSION_TLS_ADDRESS = "127.0.0.1:2465"
-MONITORING_ADDRESS = "127.0.0.1:1099"
 
 _PASSWORD_LINE = re.compile(r"^Password: (\S+)$", re.MULTILINE)
 
@@ -106,7 +105,6 @@ def render_conf(final: Demo) -> str:
             ("smtp_address", SMTP_ADDRESS),
             ("submission_address", SUBMISSION_ADDRESS),
             ("submission_over_tls_address", SUBMISSION_TLS_ADDRESS),
-            ("monitoring_address", MONITORING_ADDRESS),
             ("mail_delivery_agent_bin", str(final.mda)),
             ("mail_delivery_agent_args", str(final.maildir)),
             ("mail_delivery_agent_args", "%to%"),
