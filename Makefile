@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint completions bench clean
+.PHONY: run test lint completions man bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(STAMP)
 ## Regenerate the shell completion scripts in completions/.
 completions: $(STAMP)
 	$(PY) -m chasquid_util.completions completions
+
+## Regenerate the man pages in docs/man/ from the tools' help and docs/configuration.md.
+man: $(STAMP)
+	$(PY) -m chasquid_util.manpages docs
 
 ## Load benchmarks (not part of the test suite).
 bench: $(STAMP)
