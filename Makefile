@@ -24,15 +24,10 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 tests
 
 ## ruff, mypy and the import contract (pyproject.toml's [tool.importlinter]): all must be clean.
-# mypy checks the packages, then tests/ and bench/; tests/smtpsrv imports its own conftest
-# and client by bare name, so it is checked on its own with its directory first on the path
-# (tests/conftest.py is also a module named 'conftest').
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests bench --exclude '^tests/smtpsrv/'
-	MYPYPATH=tests/smtpsrv $(VENV)/bin/mypy tests/smtpsrv
 	$(VENV)/bin/lint-imports
 
 ## Regenerate the shell completion scripts in completions/.

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers.daemon import DaemonFactory, Setup, start
+from helpers.mail import maildir_mda, maildir_messages, wait_until
 from helpers.programs import shell_script
 
 MESSAGE = b"From: user@testserver\r\nSubject: hello there\r\n\r\nFirst line.\r\n\r\n.dot line\r\n"
@@ -25,25 +25,8 @@ MESSAGE = b"From: user@testserver\r\nSubject: hello there\r\n\r\nFirst line.\r\n
 FAST = "--testing__retry_schedule=1s"
 
 
-def maildir_mda(setup: Setup) -> str:
-    """An MDA script writing each message into <root>/maildir/<to_user>/new (args: -f F -d U)."""
-    return (
-        f'd="{setup.root}/maildir/$4"; mkdir -p "$d/tmp" "$d/new"; '
-        'f="$(date +%s%N).$$"; cat > "$d/tmp/$f" && mv "$d/tmp/$f" "$d/new/$f"'
-    )
-
-
 def mailbox(setup: Setup, user: str) -> list[bytes]:
-    d = setup.root / "maildir" / user / "new"
-    return [p.read_bytes() for p in sorted(d.iterdir())] if d.exists() else []
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return maildir_messages(setup.root, user)
 
 
 def send(setup: Setup, sender: str, rcpts: list[str], data: bytes = MESSAGE) -> None:
@@ -77,7 +60,7 @@ def queue_files(setup: Setup) -> list[Path]:
 
 def test_maildir_pipe_and_catch_all(chasquid_setup: Setup, chasquid_daemon: DaemonFactory) -> None:
     s = chasquid_setup
-    s.set_mda(maildir_mda(s))
+    s.set_mda(maildir_mda(s.root))
     piped = s.root / "piped"
     shell_script(s.config_dir / "pipe.sh", f'cat > "{piped}"\n')
     (s.config_dir / "domains" / s.domain / "aliases").write_text("pipe: | ./pipe.sh\n*: user\n")
@@ -114,7 +97,7 @@ def test_queue_list_show_flush_remove(
     s = chasquid_setup
     # Temporary failures until "ok" exists; then deliver to the maildir.
     ok = s.root / "ok"
-    s.set_mda(f'[ -e "{ok}" ] || {{ echo "mailbox busy"; exit 75; }}\n' + maildir_mda(s))
+    s.set_mda(f'[ -e "{ok}" ] || {{ echo "mailbox busy"; exit 75; }}\n' + maildir_mda(s.root))
     for user in ("a", "b", "c"):
         s.add_user(user, "pw-" + user)
     d = chasquid_daemon("--testing__retry_schedule=1h")

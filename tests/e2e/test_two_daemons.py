@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from helpers.mail import wait_until
 from helpers.mailnet import (
     MailNet,
     Peer,
@@ -21,7 +22,6 @@ from helpers.mailnet import (
     parse_dsn,
     starttls_stripper,
     sts_server,
-    wait_until,
 )
 
 A_HOST, B_HOST, RELAY_HOST = "127.0.0.2", "127.0.0.3", "127.0.0.4"

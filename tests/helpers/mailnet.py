@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,31 +32,11 @@ import trustme
 
 from helpers.daemon import Daemon, Setup, make_setup, start
 from helpers.dns import dns_server
+from helpers.mail import maildir_mda, maildir_messages, maildir_senders, parse_message, wait_until
 from helpers.smtppeers import shared_port
 
 #: A short retry schedule so a temporary failure is retried within a second or so.
 FAST_RETRY = "--testing__retry_schedule=1s"
-
-
-def maildir_mda(root: Path) -> str:
-    """MDA script (args ``-f SENDER -d USER``): each message into <root>/maildir/<USER>/new.
-
-    The envelope sender is kept beside it in <root>/maildir/<USER>/from/<file>.
-    """
-    return (
-        f'd="{root}/maildir/$4"; mkdir -p "$d/tmp" "$d/new" "$d/from"; '
-        'f="$(date +%s%N).$$"; printf "%s" "$2" > "$d/from/$f"; '
-        'cat > "$d/tmp/$f" && mv "$d/tmp/$f" "$d/new/$f"'
-    )
-
-
-def wait_until(cond: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``cond`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -80,23 +60,15 @@ class Peer:
 
     def mailbox(self, user: str = "user") -> list[email.message.EmailMessage]:
         """Messages delivered to a local user, oldest first, parsed."""
-        d = self.setup.root / "maildir" / user / "new"
-        if not d.exists():
-            return []
-        return [
-            email.message_from_bytes(p.read_bytes(), policy=email.policy.default)
-            for p in sorted(d.iterdir())
-        ]
+        return [parse_message(m) for m in self.raw_mailbox(user)]
 
     def raw_mailbox(self, user: str = "user") -> list[bytes]:
         """Messages delivered to a local user, oldest first, as bytes."""
-        d = self.setup.root / "maildir" / user / "new"
-        return [p.read_bytes() for p in sorted(d.iterdir())] if d.exists() else []
+        return maildir_messages(self.setup.root, user)
 
     def envelope_senders(self, user: str = "user") -> list[str]:
         """Envelope senders of the messages delivered to a local user, oldest first."""
-        d = self.setup.root / "maildir" / user / "from"
-        return [p.read_text() for p in sorted(d.iterdir())] if d.exists() else []
+        return maildir_senders(self.setup.root, user)
 
     def wait_mail(self, count: int = 1, user: str = "user", timeout: float = 30.0) -> None:
         """Wait until ``count`` messages reached the user's Maildir."""

@@ -23,8 +23,6 @@ Usage, in a conftest.py::
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import pwd
 import re
@@ -43,6 +41,7 @@ from typing import Any
 import pytest
 import trustme
 
+from helpers.mail import parse_message
 from helpers.ports import free_port
 from helpers.requirements import unavailable
 
@@ -338,7 +337,7 @@ class Postfix:
             if d.is_dir():
                 files.extend(p for p in d.iterdir() if p.is_file())
         files.sort(key=lambda p: p.stat().st_mtime_ns)
-        return [_parse(p.read_bytes()) for p in files]
+        return [parse_message(p.read_bytes()) for p in files]
 
     def wait_for_messages(
         self, user: str = "alice", count: int = 1, timeout: float = 30.0
@@ -355,12 +354,6 @@ class Postfix:
                     f"{timeout}s\nqueue:\n{self.queue_listing()}\nlog:\n{self.log_text()}"
                 )
             time.sleep(0.1)
-
-
-def _parse(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def _alive(pid: int) -> bool:

@@ -9,8 +9,6 @@ Postfix deliver to our daemon.
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import smtplib
 import ssl
 import threading
@@ -26,6 +24,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from helpers.daemon import Daemon, DaemonFactory, Setup
 from helpers.dns import dns_server
+from helpers.mail import parse_message, wait_until
 from helpers.ports import free_port
 from helpers.postfix import Postfix
 
@@ -58,13 +57,6 @@ def send(
         if login is not None:
             c.login(*login)
         c.sendmail(sender, rcpts, data)
-
-
-def parse(data: bytes) -> EmailMessage:
-    """Parse raw message bytes."""
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def received_headers(msg: EmailMessage) -> list[str]:
@@ -157,7 +149,7 @@ def test_postfix_relays_over_verified_starttls(
     # Postfix checked the sink's certificate against the CA it was given.
     log = pf.wait_for_log(r"status=sent \(250 2\.0\.0 OK sunk\)")
     assert f"Trusted TLS connection established to 127.0.0.1[127.0.0.1]:{port}" in log
-    top = received_headers(parse(envelope.content))[0]
+    top = received_headers(parse_message(envelope.content))[0]
     assert f"by {pf.hostname} (Postfix) with ESMTP" in top
 
 
@@ -197,14 +189,8 @@ def postfix_zone(pf: Postfix) -> dict[str, dict[str, list[Any]]]:
 
 def wait_for_file(directory: Path, timeout: float = 30.0) -> Path:
     """The first file to appear in ``directory``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if directory.is_dir():
-            files = sorted(directory.iterdir())
-            if files:
-                return files[0]
-        time.sleep(0.1)
-    raise AssertionError(f"nothing appeared in {directory} after {timeout}s")
+    wait_until(lambda: directory.is_dir() and any(directory.iterdir()), timeout, str(directory))
+    return sorted(directory.iterdir())[0]
 
 
 def wait_for_remote_delivery(pf: Postfix, daemon: Daemon, timeout: float = 45.0) -> EmailMessage:
@@ -286,7 +272,7 @@ def test_postfix_delivers_to_daemon_over_verified_starttls(
         )
         delivered = wait_for_file(maildir_root / setup.user / "new")
         daemon.wait_for_log(rf"from={sender} queued ip=127\.0\.0\.1:", mail_log=True)
-    msg = parse(delivered.read_bytes())
+    msg = parse_message(delivered.read_bytes())
     assert msg["Subject"] == "to chasquid"
     received = received_headers(msg)
     # Ours on top: from Postfix's EHLO name and address, over STARTTLS on the SMTP port.

@@ -8,9 +8,9 @@ import ssl
 from collections.abc import Callable, Iterator
 
 import pytest
-from client import RawClient
-from conftest import HOSTNAME, PASSWORD, Running
 from helpers.dns import dns_server
+from helpers.rawclient import RawClient
+from helpers.reception import HOSTNAME, PASSWORD, Running
 
 from chasquid.smtpsrv.server import Mode
 

@@ -7,8 +7,8 @@ import re
 from collections.abc import Callable, Iterator
 
 import pytest
-from client import RawClient
-from conftest import HOSTNAME, Running
+from helpers.rawclient import RawClient
+from helpers.reception import HOSTNAME, Running
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 
 import pytest
-from client import RawClient
-from conftest import HOSTNAME, Running
+from helpers.rawclient import RawClient
+from helpers.reception import HOSTNAME, Running
 
 from chasquid.smtpsrv.server import Mode
 

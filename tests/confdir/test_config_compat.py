@@ -10,14 +10,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from helpers.confdirs import write_conf
+
 from chasquid.confdir import config
 
-DEBIAN_EXAMPLE = Path(__file__).parent / "testdata" / "chasquid-1.11-debian.conf"
-
-
-def write_conf(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "chasquid.conf").write_text(text)
-    return tmp_path
+DEBIAN_EXAMPLE = Path(__file__).parent.parent / "testdata" / "chasquid-1.11-debian.conf"
 
 
 def test_debian_example_as_shipped_gives_defaults(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.confdirs import make_config_dir
 from helpers.requirements import unavailable
 from helpers.terminal import on_terminal, scripted
 
@@ -44,11 +45,7 @@ def run(
 
 def make_config(tmp_path: Path, conf: str = "") -> Path:
     """A config dir with one domain, example.com, and the given chasquid.conf."""
-    cdir = tmp_path / "config"
-    (cdir / "domains" / "example.com").mkdir(parents=True)
-    (cdir / "certs").mkdir()
-    (cdir / "chasquid.conf").write_text(conf)
-    return cdir
+    return make_config_dir(tmp_path / "config", conf, ("example.com",))
 
 
 def tree(root: Path) -> list[str]:
@@ -565,7 +562,7 @@ def test_completes_users_and_domains(tmp_path: Path) -> None:
 def test_checked_in_completions_are_current() -> None:
     from chasquid_util.completions import generate
 
-    root = Path(__file__).resolve().parent.parent / "completions"
+    root = Path(__file__).resolve().parents[2] / "completions"
     expected = generate()
     stale = [
         str(rel)
@@ -584,7 +581,7 @@ def test_completion_script_is_loadable_by_bash(tmp_path: Path) -> None:
     bash = shutil.which("bash")
     if bash is None:
         unavailable("bash is not installed")
-    root = Path(__file__).resolve().parent.parent / "completions" / "bash"
+    root = Path(__file__).resolve().parents[2] / "completions" / "bash"
     script = f"source {root / 'chasquid-util'} && complete -p chasquid-util"
     r = subprocess.run([bash, "-c", script], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr

@@ -11,7 +11,7 @@ import pytest
 
 from chasquid.daemon.sdactivation import SDActivationError, listen_fds_with_names
 
-LAUNCHER = Path(__file__).parent / "helpers" / "sdlaunch.py"
+LAUNCHER = Path(__file__).parent.parent / "helpers" / "sdlaunch.py"
 
 CHILD = """
 import json, os

@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers.programs import executable
+from helpers.programs import python_script
 
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.mda import MDACourier, sanitize, substitute_args, to_crlf
 from chasquid.courier.pipe import PipeCourier
 
 DATA = b"Subject: hi\n\nline 1\r\nline 2\n\nlast"
-
-
-def script(path: Path, body: str) -> Path:
-    """Write an executable Python script and return its path."""
-    return executable(path, f"#!{sys.executable}\nimport os, sys, json, signal, time\n{body}\n")
 
 
 # Records argv, cwd and stdin into the files named by the first argument.
@@ -46,7 +40,7 @@ def failure(courier: MDACourier | PipeCourier, rcpt: str = "u@d") -> DeliveryErr
 
 
 def test_mda_success_args_cwd_and_crlf_stdin(tmp_path: Path) -> None:
-    prog = script(tmp_path / "mda", RECORDER)
+    prog = python_script(tmp_path / "mda", RECORDER)
     rec = tmp_path / "rec"
     conf = tmp_path / "conf"
     conf.mkdir()
@@ -61,7 +55,7 @@ def test_mda_success_args_cwd_and_crlf_stdin(tmp_path: Path) -> None:
 
 
 def test_mda_null_sender_placeholders(tmp_path: Path) -> None:
-    prog = script(tmp_path / "mda", RECORDER)
+    prog = python_script(tmp_path / "mda", RECORDER)
     rec = tmp_path / "rec"
     args = (str(rec), "%from%", "%from_user%", "[%from_domain%]")
     deliver(MDACourier(str(prog), args, tmp_path), "<>", "u@d", b"x\n")
@@ -71,7 +65,7 @@ def test_mda_null_sender_placeholders(tmp_path: Path) -> None:
 def test_mda_relative_binary_is_relative_to_config_dir(tmp_path: Path) -> None:
     conf = tmp_path / "conf"
     (conf / "bin").mkdir(parents=True)
-    script(conf / "bin" / "mda", RECORDER)
+    python_script(conf / "bin" / "mda", RECORDER)
     rec = tmp_path / "rec"
     deliver(MDACourier("bin/mda", (str(rec), "%to%"), conf), "a@b", "c@d", b"x\n")
     assert json.loads((tmp_path / "rec.json").read_text())["argv"] == ["c@d"]
@@ -80,7 +74,7 @@ def test_mda_relative_binary_is_relative_to_config_dir(tmp_path: Path) -> None:
 def test_mda_bare_name_looked_up_in_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    script(bindir / "my-test-mda", RECORDER)
+    python_script(bindir / "my-test-mda", RECORDER)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     rec = tmp_path / "rec"
     deliver(MDACourier("my-test-mda", (str(rec), "%to%"), tmp_path), "a@b", "c@d", b"x\n")
@@ -88,7 +82,7 @@ def test_mda_bare_name_looked_up_in_path(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_mda_exit_75_is_temporary_with_output(tmp_path: Path) -> None:
-    prog = script(tmp_path / "mda", 'print("mailbox locked"); sys.exit(75)')
+    prog = python_script(tmp_path / "mda", 'print("mailbox locked"); sys.exit(75)')
     err = failure(MDACourier(str(prog), (), tmp_path))
     assert not err.permanent
     assert err.message == 'MDA delivery failed: exit status 75 - "mailbox locked\\n"'
@@ -97,14 +91,14 @@ def test_mda_exit_75_is_temporary_with_output(tmp_path: Path) -> None:
 def test_mda_exit_1_is_permanent_with_quoted_output(tmp_path: Path) -> None:
     body = 'sys.stdout.write("out \\"q\\" ñ\\t"); sys.stdout.flush()\n'
     body += 'sys.stderr.write("err\\x01\\n"); sys.exit(1)'
-    prog = script(tmp_path / "mda", body)
+    prog = python_script(tmp_path / "mda", body)
     err = failure(MDACourier(str(prog), (), tmp_path))
     assert err.permanent
     assert err.message == 'MDA delivery failed: exit status 1 - "out \\"q\\" ñ\\terr\\x01\\n"'
 
 
 def test_mda_killed_by_signal_is_permanent(tmp_path: Path) -> None:
-    prog = script(tmp_path / "mda", "os.kill(os.getpid(), signal.SIGKILL)")
+    prog = python_script(tmp_path / "mda", "os.kill(os.getpid(), signal.SIGKILL)")
     err = failure(MDACourier(str(prog), (), tmp_path))
     assert err.permanent
     assert err.message == 'MDA delivery failed: signal: killed - ""'
@@ -117,7 +111,7 @@ def test_mda_timeout_is_temporary_and_kills_the_group(tmp_path: Path) -> None:
     child = tmp_path / "child.py"
     child.write_text(f"import time\ntime.sleep(1.5)\nopen({str(marker)!r}, 'w').close()\n")
     body = f"import subprocess\nsubprocess.Popen([sys.executable, {str(child)!r}])\ntime.sleep(30)"
-    prog = script(tmp_path / "mda", body)
+    prog = python_script(tmp_path / "mda", body)
     start = time.monotonic()
     err = failure(MDACourier(str(prog), (), tmp_path, timeout=0.5))
     assert time.monotonic() - start < 10
@@ -140,7 +134,7 @@ def test_mda_cannot_execute_is_permanent(tmp_path: Path) -> None:
 
 
 def test_mda_output_is_bounded(tmp_path: Path) -> None:
-    prog = script(tmp_path / "mda", 'sys.stdout.write("x" * 1000000); sys.exit(1)')
+    prog = python_script(tmp_path / "mda", 'sys.stdout.write("x" * 1000000); sys.exit(1)')
     err = failure(MDACourier(str(prog), (), tmp_path))
     assert err.permanent
     assert 64 * 1024 <= len(err.message) < 70 * 1024
@@ -165,7 +159,7 @@ def test_sanitize(raw: str, clean: str) -> None:
 
 
 def test_hostile_values_stay_single_arguments(tmp_path: Path) -> None:
-    prog = script(tmp_path / "mda", RECORDER)
+    prog = python_script(tmp_path / "mda", RECORDER)
     rec = tmp_path / "rec"
     args = (str(rec), "-f", "%from%", "-d", "%to_user%", "--domain=%to_domain%")
     sender = "-x $(touch pwned) 'a\"b@evil"
@@ -193,7 +187,7 @@ def test_to_crlf() -> None:
 
 
 def test_pipe_success_with_lf_stdin_and_split_words(tmp_path: Path) -> None:
-    prog = script(tmp_path / "pipe", RECORDER)
+    prog = python_script(tmp_path / "pipe", RECORDER)
     rec = tmp_path / "rec"
     deliver(PipeCourier(tmp_path), "s@x", f"{prog}  {rec}   arg1\targ2", DATA)
     seen = json.loads((tmp_path / "rec.json").read_text())
@@ -203,17 +197,17 @@ def test_pipe_success_with_lf_stdin_and_split_words(tmp_path: Path) -> None:
 
 
 def test_pipe_relative_to_config_dir(tmp_path: Path) -> None:
-    script(tmp_path / "handler", RECORDER)
+    python_script(tmp_path / "handler", RECORDER)
     deliver(PipeCourier(tmp_path), "s@x", f"./handler {tmp_path / 'rec'}", b"x\n")
     assert (tmp_path / "rec.stdin").read_bytes() == b"x\n"
 
 
 def test_pipe_failures_are_permanent(tmp_path: Path) -> None:
     assert failure(PipeCourier(tmp_path), "   ").message == "empty pipe"
-    exit3 = script(tmp_path / "exit3", 'print("ignored"); sys.exit(3)')
+    exit3 = python_script(tmp_path / "exit3", 'print("ignored"); sys.exit(3)')
     err = failure(PipeCourier(tmp_path), str(exit3))
     assert (err.permanent, err.message) == (True, "exit status 3")
-    sleeper = script(tmp_path / "sleeper", "time.sleep(30)")
+    sleeper = python_script(tmp_path / "sleeper", "time.sleep(30)")
     start = time.monotonic()
     err = failure(PipeCourier(tmp_path, timeout=0.5), str(sleeper))
     assert time.monotonic() - start < 10
@@ -224,5 +218,5 @@ def test_pipe_failures_are_permanent(tmp_path: Path) -> None:
 
 
 def test_pipe_that_ignores_stdin_succeeds(tmp_path: Path) -> None:
-    prog = script(tmp_path / "noread", "sys.exit(0)")
+    prog = python_script(tmp_path / "noread", "sys.exit(0)")
     deliver(PipeCourier(tmp_path), "s@x", str(prog), b"x" * (4 * 1024 * 1024))

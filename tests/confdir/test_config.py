@@ -10,6 +10,7 @@ import string
 from pathlib import Path
 
 import pytest
+from helpers.confdirs import write_conf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,12 +26,7 @@ from chasquid.confdir.config import (
 )
 from chasquid.durations import parse_duration
 
-TESTDATA = Path(__file__).parent / "testdata"
-
-
-def write_conf(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "chasquid.conf").write_text(text, encoding="utf-8")
-    return tmp_path
+TESTDATA = Path(__file__).parent.parent / "testdata"
 
 
 def load_text(tmp_path: Path, text: str, overrides: str = "") -> Config:
@@ -105,7 +101,7 @@ def test_commented_keys_in_example_become_a_valid_config(tmp_path: Path) -> None
 
 
 def test_shipped_example_config_loads(tmp_path: Path) -> None:
-    shipped = Path(__file__).parent.parent / "etc" / "chasquid" / "chasquid.conf"
+    shipped = Path(__file__).parents[2] / "etc" / "chasquid" / "chasquid.conf"
     shutil.copy(shipped, tmp_path / "chasquid.conf")
     c = load(tmp_path)
     assert c.smtp_address == (":25",)

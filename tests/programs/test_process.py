@@ -23,12 +23,8 @@ def cwd(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.Monk
     return tmp_path
 
 
-def script(tmp_path: Path, body: str, name: str = "prog") -> str:
-    return str(shell_script(tmp_path / name, body))
-
-
 def test_output_modes(tmp_path: Path, cwd: Path) -> None:
-    prog = script(tmp_path, "cat; echo err >&2; exit 3\n")
+    prog = str(shell_script(tmp_path / "prog", "cat; echo err >&2; exit 3\n"))
     merged = asyncio.run(run_program([prog], stdin=b"in\n", cwd=cwd, timeout=10))
     assert (merged.returncode, merged.output, merged.stderr) == (3, b"in\nerr\n", b"")
     assert merged.reason() == "exit status 3"
@@ -46,7 +42,7 @@ def test_output_modes(tmp_path: Path, cwd: Path) -> None:
 
 def test_large_input_and_bounded_output(tmp_path: Path, cwd: Path) -> None:
     # More than a pipe buffer each way: neither side may deadlock.
-    prog = script(tmp_path, "cat; cat /dev/null\n")
+    prog = str(shell_script(tmp_path / "prog", "cat; cat /dev/null\n"))
     data = os.urandom(3_000_000)
     res = asyncio.run(run_program([prog], stdin=data, cwd=cwd, timeout=20, max_output=5000))
     assert res.ok
@@ -54,14 +50,14 @@ def test_large_input_and_bounded_output(tmp_path: Path, cwd: Path) -> None:
 
 
 def test_program_that_ignores_stdin(tmp_path: Path, cwd: Path) -> None:
-    prog = script(tmp_path, "exit 0\n")
+    prog = str(shell_script(tmp_path / "prog", "exit 0\n"))
     res = asyncio.run(run_program([prog], stdin=b"x" * 2_000_000, cwd=cwd, timeout=10))
     assert res.ok
 
 
 def test_timeout_kills_the_group(tmp_path: Path, cwd: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    prog = script(tmp_path, f"sleep 30 & echo $! > {pidfile}; wait\n")
+    prog = str(shell_script(tmp_path / "prog", f"sleep 30 & echo $! > {pidfile}; wait\n"))
     start = time.monotonic()
     res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=0.5))
     assert res.timed_out
@@ -72,7 +68,7 @@ def test_timeout_kills_the_group(tmp_path: Path, cwd: Path) -> None:
 
 def test_cancelling_the_caller_kills_the_program(tmp_path: Path, cwd: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    prog = script(tmp_path, f"sleep 30 & echo $! > {pidfile}; wait\n")
+    prog = str(shell_script(tmp_path / "prog", f"sleep 30 & echo $! > {pidfile}; wait\n"))
 
     async def cancel_soon() -> None:
         task = asyncio.ensure_future(run_program([prog], stdin=None, cwd=cwd, timeout=30))
@@ -88,7 +84,7 @@ def test_cancelling_the_caller_kills_the_program(tmp_path: Path, cwd: Path) -> N
 
 
 def test_env_and_cwd(tmp_path: Path, cwd: Path) -> None:
-    prog = script(tmp_path, 'echo "$FOO $(pwd)"\n')
+    prog = str(shell_script(tmp_path / "prog", 'echo "$FOO $(pwd)"\n'))
     res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10, env={"FOO": "bar"}))
     assert res.stdout == f"bar {tmp_path}\n".encode()
 
@@ -123,7 +119,7 @@ def assert_dead(pid: int) -> None:
 def test_programs_get_default_sigpipe(tmp_path: Path, cwd: Path) -> None:
     # Python ignores SIGPIPE; a program inheriting that would see EPIPE errors
     # (here from `yes`) instead of quietly ending its side of a pipeline.
-    prog = script(tmp_path, "yes | head -n 1\n")
+    prog = str(shell_script(tmp_path / "prog", "yes | head -n 1\n"))
     res = asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10, output=Output.SEPARATE))
     assert (res.returncode, res.stdout, res.stderr) == (0, b"y\n", b"")
 
@@ -131,7 +127,7 @@ def test_programs_get_default_sigpipe(tmp_path: Path, cwd: Path) -> None:
 def test_programs_inherit_the_current_environment(
     tmp_path: Path, cwd: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    prog = script(tmp_path, 'echo "$CHASQUID_TEST_VAR"\n')
+    prog = str(shell_script(tmp_path / "prog", 'echo "$CHASQUID_TEST_VAR"\n'))
     monkeypatch.setenv("CHASQUID_TEST_VAR", "first ñ")
     assert asyncio.run(run_program([prog], stdin=None, cwd=cwd, timeout=10)).output == (
         "first ñ\n".encode()

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import functools
 import os
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.mail import parse_message
 from helpers.programs import shell_script
 
 from chasquid.confdir.aliases import Recipient, RecipientKind
@@ -128,12 +126,6 @@ async def wait_empty(env: Env, timeout: float = 15.0) -> None:
             await asyncio.sleep(0.02)
 
 
-def parse(path: Path) -> EmailMessage:
-    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
 DELIVER = 'n=$(ls MAILBOX | wc -l); cat > "MAILBOX/$2.$n"\n'
 
 
@@ -206,7 +198,7 @@ async def test_permanent_failure_sends_dsn_to_sender(tmp_path: Path) -> None:
     files = env.delivered()
     assert [f.name.split(".")[0] for f in files] == ["good@local", "sender@local"]
     dsn_file = next(f for f in files if f.name.startswith("sender@"))
-    dsn = parse(dsn_file)
+    dsn = parse_message(dsn_file.read_bytes())
     assert dsn["From"] == "Mail Delivery System <postmaster-dsn@local.test>"
     assert dsn["To"].addresses[0].addr_spec == "sender@local.test"
     assert b"\r\nTo: <sender@local.test>\r\n" in dsn_file.read_bytes()
@@ -252,7 +244,7 @@ async def test_give_up_sends_dsn_with_pending_recipient(tmp_path: Path) -> None:
     await env.queue.put("sender@local.test", ["slow@local.test"], MESSAGE)
     await wait_empty(env)
     [dsn_file] = env.delivered()
-    report = parse(dsn_file).get_body(("plain",))
+    report = parse_message(dsn_file.read_bytes()).get_body(("plain",))
     assert report is not None
     raw = dsn_file.read_bytes().replace(b"\r\n", b"\n")
     assert b"Status: 4.0.0" in raw

@@ -13,12 +13,8 @@ from helpers.programs import shell_script
 from chasquid.programs.hooks import HookError, HookMissingError, run_hook
 
 
-def script(tmp_path: Path, body: str, name: str = "hook", mode: int = 0o755) -> Path:
-    return shell_script(tmp_path / name, body, mode)
-
-
 def test_success_args_stdin_env_cwd(tmp_path: Path) -> None:
-    h = script(tmp_path, 'echo "arg=$1 env=$FOO pwd=$(pwd)"; cat; echo err >&2\n')
+    h = shell_script(tmp_path / "hook", 'echo "arg=$1 env=$FOO pwd=$(pwd)"; cat; echo err >&2\n')
     res = asyncio.run(
         run_hook(
             h,
@@ -37,7 +33,7 @@ def test_success_args_stdin_env_cwd(tmp_path: Path) -> None:
 
 
 def test_exit_status(tmp_path: Path) -> None:
-    h = script(tmp_path, "echo partial; exit 1\n")
+    h = shell_script(tmp_path / "hook", "echo partial; exit 1\n")
     res = asyncio.run(run_hook(h, [], timeout=10))
     assert not res.ok
     assert res.returncode == 1
@@ -48,7 +44,7 @@ def test_exit_status(tmp_path: Path) -> None:
 def test_timeout_kills_process_group(tmp_path: Path) -> None:
     marker = tmp_path / "child-survived"
     # The background child would create the marker if it were not killed with the group.
-    h = script(tmp_path, f"(sleep 2; touch {marker}) &\nsleep 30\n")
+    h = shell_script(tmp_path / "hook", f"(sleep 2; touch {marker}) &\nsleep 30\n")
     start = time.monotonic()
     res = asyncio.run(run_hook(h, [], timeout=0.5))
     assert time.monotonic() - start < 5
@@ -60,7 +56,7 @@ def test_timeout_kills_process_group(tmp_path: Path) -> None:
 
 
 def test_output_is_bounded(tmp_path: Path) -> None:
-    h = script(tmp_path, "head -c 300000 /dev/zero; echo done >&2\n")
+    h = shell_script(tmp_path / "hook", "head -c 300000 /dev/zero; echo done >&2\n")
     res = asyncio.run(run_hook(h, [], timeout=10, max_output=1000))
     assert res.ok
     assert res.stdout == b"\0" * 1000
@@ -73,7 +69,7 @@ def test_missing_hook_is_distinct(tmp_path: Path) -> None:
 
 
 def test_not_executable_is_failure(tmp_path: Path) -> None:
-    h = script(tmp_path, "exit 0\n", mode=0o644)
+    h = shell_script(tmp_path / "hook", "exit 0\n", 0o644)
     with pytest.raises(HookError) as exc:
         asyncio.run(run_hook(h, [], timeout=1))
     assert not isinstance(exc.value, HookMissingError)
@@ -81,7 +77,7 @@ def test_not_executable_is_failure(tmp_path: Path) -> None:
 
 
 def test_hook_ignoring_stdin(tmp_path: Path) -> None:
-    h = script(tmp_path, "exit 0\n")
+    h = shell_script(tmp_path / "hook", "exit 0\n")
     res = asyncio.run(run_hook(h, [], stdin=b"x" * 2_000_000, timeout=10))
     assert res.ok
 
@@ -90,7 +86,7 @@ def test_relative_path_is_found_from_the_callers_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "conf" / "hooks").mkdir(parents=True)
-    script(tmp_path / "conf" / "hooks", "pwd\n")
+    shell_script(tmp_path / "conf" / "hooks" / "hook", "pwd\n")
     monkeypatch.chdir(tmp_path)
     res = asyncio.run(run_hook(Path("conf/hooks/hook"), [], cwd=Path("conf"), timeout=10))
     assert res.ok, res.error_text()

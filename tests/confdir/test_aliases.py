@@ -302,9 +302,7 @@ def test_fallback_and_backend_errors() -> None:
 
 
 def hook(tmp_path: Path, body: str, mode: int = 0o755) -> Path:
-    p = tmp_path / "hooks" / "alias-resolve"
-    p.parent.mkdir(exist_ok=True)
-    return shell_script(p, body, mode)
+    return shell_script(tmp_path / "hooks" / "alias-resolve", body, mode)
 
 
 def test_hook_success(tmp_path: Path) -> None:

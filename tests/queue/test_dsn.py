@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import email
 from datetime import UTC, datetime, timedelta, timezone
-from email.message import EmailMessage, Message
+from email.message import Message
 from email.policy import default
+
+from helpers.mail import parse_message
 
 from chasquid.confdir.aliases import RecipientKind
 from chasquid.queue.dsn import (
@@ -56,12 +58,6 @@ def build(item: QueueItem, domain: str = "local") -> bytes:
     return build_dsn(item, domain, NOW, lambda: next(it))
 
 
-def parse(dsn: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(dsn, policy=default)
-    assert isinstance(msg, EmailMessage)
-    return msg
-
-
 MIXED = [
     rcpt("p1@remote", RecipientStatus.PENDING, "451 try later", "ñaca@local"),
     rcpt("ok@remote", RecipientStatus.SENT, "", "sent@local"),
@@ -78,7 +74,7 @@ MIXED = [
 
 
 def test_multipart_report_structure() -> None:
-    msg = parse(build(make_item(MIXED)))
+    msg = parse_message(build(make_item(MIXED)))
     assert msg.get_content_type() == "multipart/report"
     assert msg.get_param("report-type") == "delivery-status"
     assert msg.get_boundary() == "BOUNDARY000"
@@ -150,7 +146,7 @@ def test_recipient_blocks_failed_first_then_pending() -> None:
 def test_x_failed_recipients_sorted_dedup_no_trailing_separator() -> None:
     dsn = build(make_item(MIXED))
     assert b"\nX-Failed-Recipients: pepe@local, pipe@local, \xc3\xb1aca@local\n" in dsn
-    assert parse(dsn)["X-Failed-Recipients"] == "pepe@local, pipe@local, ñaca@local"
+    assert parse_message(dsn)["X-Failed-Recipients"] == "pepe@local, pipe@local, ñaca@local"
 
 
 def test_no_message_id_means_no_in_reply_to_or_references() -> None:
@@ -158,7 +154,7 @@ def test_no_message_id_means_no_in_reply_to_or_references() -> None:
     dsn = build(item)
     assert b"In-Reply-To" not in dsn
     assert b"References" not in dsn
-    msg = parse(dsn)
+    msg = parse_message(dsn)
     assert msg["In-Reply-To"] is None
 
 
@@ -178,7 +174,7 @@ def test_multiline_error_folded_with_four_spaces() -> None:
     dsn = build(make_item([rcpt("a@r", RecipientStatus.FAILED, err)]))
     assert b"Diagnostic-Code: smtp; 550 5.7.1 first line\n    5.7.1 second line\n" in dsn
     # The text part shows the same error indented by four spaces.
-    text = parse(dsn).get_body(("plain",))
+    text = parse_message(dsn).get_body(("plain",))
     assert text is not None
     assert "    550 5.7.1 first line\n    5.7.1 second line" in text.get_content()
 
@@ -280,7 +276,7 @@ def test_byte_exact_layout() -> None:
 
 
 def test_text_part_content() -> None:
-    msg = parse(build(make_item(MIXED)))
+    msg = parse_message(build(make_item(MIXED)))
     body = msg.get_body(("plain",))
     assert body is not None
     text = body.get_content()
@@ -299,7 +295,7 @@ def test_text_part_content() -> None:
 
 def test_boundary_redrawn_if_it_occurs_in_content() -> None:
     item = make_item([rcpt("a@r", RecipientStatus.FAILED, "e")], data=b"X: y\n\n--BOUNDARY000\n")
-    msg = parse(build(item))
+    msg = parse_message(build(item))
     assert msg.get_boundary() == "BOUNDARY111"
     assert len(list(msg.iter_parts())) == 3
 
