@@ -158,9 +158,7 @@ class _Reply:
         self.lines = lines
 
     def __str__(self) -> str:
-        from chasquid.gofmt import go_quote
-
-        return f"{self.code} {go_quote(chr(10).join(self.lines))}"
+        return f"{self.code} {_quote(chr(10).join(self.lines))}"
 
 
 class _Connection:
@@ -266,11 +264,9 @@ def deliver(
     try:
         conn = _Connection(sock)
         try:
-            greeting = conn.reply(t.reply)
+            _expect(conn, 220, t.reply)
         except _IOFailure as e:
             raise DeliveryFailure(f"Server greeting error: {e}") from None
-        if greeting.code != 220:
-            raise DeliveryFailure(f"Server greeting error: {greeting}")
         try:
             local_name = hostname()
         except OSError as e:
@@ -284,27 +280,31 @@ def deliver(
             _command(conn, command, expected, t.reply)
         _send_message(conn, stdin_fd, t)
         try:
-            final = conn.reply(t.final)
+            _expect(conn, 250, t.final)
         except _IOFailure as e:
             raise DeliveryFailure(f"Delivery failed remotely: {e}") from None
-        if final.code != 250:
-            raise DeliveryFailure(f"Delivery failed remotely: {final}")
         _command(conn, "QUIT", 221, t.reply)
     finally:
         sock.close()
 
 
+def _expect(conn: _Connection, code: int, timeout: float) -> None:
+    """Read a reply that must have ``code``; _IOFailure saying what came instead."""
+    reply = conn.reply(timeout)
+    if reply.code != code:
+        raise _IOFailure(str(reply))
+
+
 def _command(conn: _Connection, command: str, expected: int, timeout: float) -> None:
     try:
         conn.send(command.encode("utf-8", "surrogateescape") + b"\r\n", timeout)
-        reply = conn.reply(timeout)
+        _expect(conn, expected, timeout)
     except _IOFailure as e:
         raise DeliveryFailure(f"Sent {_quote(command)}, got {e}") from None
-    if reply.code != expected:
-        raise DeliveryFailure(f"Sent {_quote(command)}, got {reply}")
 
 
 def _quote(text: str) -> str:
+    """Go's %q, as chasquid's messages have it (imported only when a failure is told)."""
     from chasquid.gofmt import go_quote
 
     return go_quote(text)

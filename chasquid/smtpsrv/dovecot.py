@@ -123,11 +123,9 @@ class DovecotAuth:
         self.userdb_path = userdb_path
         self.client_path = client_path
         self.limits = limits or Limits()
-        self._userdb_candidates = tuple(userdb_candidates)
-        self._client_candidates = tuple(client_candidates)
-        # Written once, when discovery first succeeds; every later use reads them.
-        self._found_userdb = userdb_path or None
-        self._found_client = client_path or None
+        self._candidates = {"userdb": tuple(userdb_candidates), "client": tuple(client_candidates)}
+        # Each written once, when discovery first succeeds; every later use reads it.
+        self._found = {"userdb": userdb_path or None, "client": client_path or None}
 
     def __str__(self) -> str:
         return f"DovecotAuth({go_quote(self.userdb_path)}, {go_quote(self.client_path)})"
@@ -135,40 +133,34 @@ class DovecotAuth:
     async def exists(self, user: str) -> bool:
         """Whether Dovecot's userdb knows ``user`` (``user@domain`` or a bare name)."""
         check_username(user)
-        path = await self._userdb()
+        path = await self._socket("userdb")
         return await self._exchange(path, lambda r, w: self._user_lookup(r, w, user))
 
     async def authenticate(self, user: str, password: str) -> bool:
         """Whether ``password`` is right for ``user``."""
         check_username(user)
         # As chasquid does: the userdb socket is found first, even to authenticate.
-        await self._userdb()
-        path = await self._client()
+        await self._socket("userdb")
+        path = await self._socket("client")
         return await self._exchange(path, lambda r, w: self._auth(r, w, user, password))
 
     async def probe(self) -> None:
         """Find both sockets and connect to each once; DovecotError if that fails."""
-        for path in (await self._userdb(), await self._client()):
+        for path in (await self._socket("userdb"), await self._socket("client")):
             try:
                 await self._exchange(path, _nothing)
             except DovecotError as e:
                 raise DovecotError(f"failed to connect to dovecot: {e}") from None
 
-    async def _userdb(self) -> str:
-        if self._found_userdb is None:
-            found = await self._discover(self._userdb_candidates)
+    async def _socket(self, kind: str) -> str:
+        """The path of the ``userdb`` or ``client`` socket, looking for it if still unknown."""
+        found = self._found[kind]
+        if found is None:
+            found = await self._discover(self._candidates[kind])
             if found is None:
-                raise DovecotError("unable to find userdb socket")
-            self._found_userdb = found
-        return self._found_userdb
-
-    async def _client(self) -> str:
-        if self._found_client is None:
-            found = await self._discover(self._client_candidates)
-            if found is None:
-                raise DovecotError("unable to find client socket")
-            self._found_client = found
-        return self._found_client
+                raise DovecotError(f"unable to find {kind} socket")
+            self._found[kind] = found
+        return found
 
     async def _discover(self, candidates: Sequence[str]) -> str | None:
         for path in candidates:

@@ -7,10 +7,9 @@ drift from what runs here) and a few test-only lines appended: its own
 base_dir (where every socket lives), state_dir, log file and instance name,
 and no IMAP listeners. The system's Dovecot, if any, is never touched.
 
-Everything lives in a short directory under /tmp (unix socket paths must stay
-under ~107 bytes, and Dovecot's unprivileged processes must be able to enter
-it, which pytest's 0700 ``tmp_path`` forbids); ``tmp_path/<name>`` links to it
-and keeps Dovecot's log after the test. Mail is stored as ``nobody``.
+Everything lives in a short private directory (tests/helpers/instances.py
+says why and where); ``tmp_path/<name>`` keeps Dovecot's log after the test.
+Mail is stored as ``nobody``.
 
 Usage, in a conftest.py::
 
@@ -31,16 +30,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from chasquid.selfsigned import self_signed
+from helpers.instances import instance_factory, running_instance
 from helpers.requirements import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -323,35 +321,11 @@ def running_dovecot(
 ) -> Iterator[Dovecot]:
     """A started private Dovecot; stopped and removed when the context ends."""
     require_dovecot()
-    root = Path(tempfile.mkdtemp(prefix="dc-", dir="/tmp"))
-    # Dovecot's unprivileged processes (auth, and lmtp as nobody) must enter it.
-    root.chmod(0o755)
-    link = tmp_path / name
-    link.symlink_to(root, target_is_directory=True)
-    instance = Dovecot(root, users)
-    try:
-        instance.start()
+    with running_instance(tmp_path, name, "dc-", lambda root: Dovecot(root, users)) as instance:
         yield instance
-    finally:
-        try:
-            instance.stop()
-        finally:
-            link.unlink()
-            link.mkdir()
-            if instance.log_file.exists():
-                shutil.copy(instance.log_file, link / "dovecot.log")
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def dovecot_factory(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
     """Factory starting private Dovecot instances (kwargs of ``running_dovecot``)."""
-    with ExitStack() as stack:
-        count = 0
-
-        def factory(**kwargs: Any) -> Dovecot:
-            nonlocal count
-            count += 1
-            return stack.enter_context(running_dovecot(tmp_path, name=f"dovecot{count}", **kwargs))
-
-        yield factory
+    yield from instance_factory(tmp_path, running_dovecot, "dovecot")

@@ -30,17 +30,16 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trustme
 
+from helpers.instances import instance_factory, running_instance
 from helpers.mail import parse_message
 from helpers.ports import free_port
 from helpers.requirements import unavailable
@@ -384,43 +383,23 @@ def running_postfix(
     client trusts (pass the peer's CA to have both sides verify each other).
     """
     require_postfix()
-    root = Path(tempfile.mkdtemp(prefix="chasquid-postfix-"))
-    root.chmod(0o755)
-    link = tmp_path / name
-    link.symlink_to(root, target_is_directory=True)
-    instance = Postfix(
-        root,
-        port=free_port(ADDRESS),
-        ca=ca or trustme.CA(),
-        relays=relays or {},
-        users=users,
-        smtp_tls_security_level=smtp_tls_security_level,
-        extra_main=extra_main,
-    )
-    try:
-        instance.start()
+
+    def make(root: Path) -> Postfix:
+        return Postfix(
+            root,
+            port=free_port(ADDRESS),
+            ca=ca or trustme.CA(),
+            relays=relays or {},
+            users=users,
+            smtp_tls_security_level=smtp_tls_security_level,
+            extra_main=extra_main,
+        )
+
+    with running_instance(tmp_path, name, "chasquid-postfix-", make) as instance:
         yield instance
-    finally:
-        try:
-            instance.stop()
-        finally:
-            # Keep the log beside the test's other files for post-mortems.
-            if instance.log_file.exists():
-                link.unlink()
-                link.mkdir()
-                shutil.copy(instance.log_file, link / "maillog")
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
 def postfix_factory(tmp_path: Path) -> Iterator[Callable[..., Postfix]]:
     """Factory starting private Postfix instances (kwargs of ``running_postfix``)."""
-    with ExitStack() as stack:
-        count = 0
-
-        def factory(**kwargs: Any) -> Postfix:
-            nonlocal count
-            count += 1
-            return stack.enter_context(running_postfix(tmp_path, name=f"postfix{count}", **kwargs))
-
-        yield factory
+    yield from instance_factory(tmp_path, running_postfix, "postfix")
