@@ -305,7 +305,7 @@ def _command(conn: _Connection, command: str, expected: int, timeout: float) -> 
 
 def _quote(text: str) -> str:
     """Go's %q, as chasquid's messages have it (imported only when a failure is told)."""
-    from chasquid.gofmt import go_quote
+    from chasquid.goquote import go_quote
 
     return go_quote(text)
 

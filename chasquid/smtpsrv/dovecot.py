@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from chasquid.errors import ChasquidError, os_reason
-from chasquid.gofmt import go_quote
+from chasquid.goquote import go_quote
 
 USERDB_CANDIDATES = (
     "/var/run/dovecot/auth-chasquid-userdb",
