@@ -33,7 +33,7 @@ from mda_lmtp.deliver import (
     puny_encode,
     request,
 )
-from mda_lmtp.flags import FlagError, HelpRequested, parse
+from mda_lmtp.flags import FlagError, HelpRequested, VersionRequested, parse
 
 MDA_LMTP = str(Path(sys.executable).parent / "mda-lmtp")
 
@@ -65,6 +65,7 @@ DEFAULTS = {"addr": "", "addr_network": "", "f": "", "d": "", "to_puny": False}
         (["-addr=a", "--", "-d", "x"], {"addr": "a"}),
         (["-d", "-f"], {"d": "-f"}),
         (["-addr=x=y"], {"addr": "x=y"}),
+        (["-version=false"], {}),
     ],
 )
 def test_flags_parse_like_go(args: list[str], changed: dict[str, object]) -> None:
@@ -91,6 +92,12 @@ def test_flag_errors(args: list[str], error: str) -> None:
 @pytest.mark.parametrize("arg", ["-h", "-help", "--help", "--h"])
 def test_help_flags(arg: str) -> None:
     with pytest.raises(HelpRequested):
+        parse(["-addr=x", arg])
+
+
+@pytest.mark.parametrize("arg", ["-version", "--version", "-version=true"])
+def test_version_flags(arg: str) -> None:
+    with pytest.raises(VersionRequested):
         parse(["-addr=x", arg])
 
 
