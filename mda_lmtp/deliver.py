@@ -3,7 +3,7 @@
 This runs once per delivered message, so it is written to start fast: plain
 blocking sockets, no asyncio, NamedTuples rather than dataclasses (whose
 import costs more than the rest), and nothing of the chasquid package
-imported until an error needs rendering (bench/mda_lmtp.py measures it). The
+imported until an error needs rendering (bench/mda_lmtp_wall.py measures it). The
 message is streamed from a file descriptor to the server in chunks, so its
 size does not matter to memory.
 

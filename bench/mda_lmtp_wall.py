@@ -1,6 +1,6 @@
 """Wall time of one ``mda-lmtp`` run delivering a 1 KiB message (it runs once per message).
 
-Usage: .venv/bin/python bench/mda_lmtp.py [--runs N] [--addr LMTP_ADDRESS]
+Usage: .venv/bin/python bench/mda_lmtp_wall.py [--runs N] [--addr LMTP_ADDRESS]
 
 Without --addr the message goes to bench/lmtp_sink.py on a unix socket, so
 the figure is mda-lmtp's own cost: interpreter start, imports, the LMTP
