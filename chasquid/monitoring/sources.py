@@ -1,0 +1,52 @@
+"""What the monitoring server reads from the daemon, handed to it as one frozen object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from chasquid.confdir.config import Config
+from chasquid.monitoring.exposition import BuildInfo, MetricSpec
+from chasquid.queue.item import QueueItem
+from chasquid.telemetry.metrics import Counters
+from chasquid.telemetry.trace import Tracer
+
+
+class QueueSource(Protocol):
+    """The queue as the pages see it (chasquid.queue.delivery.Delivery is one)."""
+
+    def items(self) -> Iterable[QueueItem]:
+        """Every item in the queue, in its current state."""
+        ...
+
+    def next_attempt(self, item_id: str) -> datetime | None:
+        """When the item's next attempt is due (None while attempting)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One daemon flag as ``/debug/flags`` shows it."""
+
+    name: str
+    value: str  # rendered as on the command line: true/false, 30s, ...
+    given: bool  # on the command line, rather than its default
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Everything the pages show; ``queue`` returns None until the queue is loaded."""
+
+    config: Config
+    counters: Counters
+    catalogue: Sequence[MetricSpec]
+    tracer: Tracer
+    build: BuildInfo
+    flags: Sequence[Flag]
+    queue: Callable[[], QueueSource | None]
+    #: Asks the daemon to shut down gracefully (POST /exit).
+    request_exit: Callable[[], None]
+    #: The OS host name, for the index page (the config's hostname may differ).
+    os_hostname: str
