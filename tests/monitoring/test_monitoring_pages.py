@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers.mail import wait_until
 from helpers.monitoring import Feed, InProcess, Items, conversation, queue_item
 from helpers.requirements import unavailable
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -99,9 +100,7 @@ def test_exit_needs_post(server: InProcess, state: Feed) -> None:
 
 def exits_soon(state: Feed) -> int:
     """The exit is asked for once the answer is sent: give the server's loop a moment."""
-    deadline = time.monotonic() + 5
-    while state.exits == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: state.exits, 5, "the exit request")
     return state.exits
 
 
