@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from chasquid.errors import ChasquidError, os_reason
+from chasquid.logtext import escape
 
 #: Width of the source-location column.
 LOCATION_WIDTH = 18
@@ -77,31 +78,37 @@ def format_timestamp(created: float) -> str:
 
 
 class MainLogFormatter(logging.Formatter):
-    """Renders ``[<timestamp> ]<L> <location> <message>``."""
+    """Renders ``[<timestamp> ]<L> <location> <message>``.
+
+    This is the one place every main-log line passes through: the message is
+    escaped (``chasquid.logtext.escape``), so text a client or a remote
+    server chose (an EHLO name, a reply) can never start a line of its own.
+    A traceback keeps its lines, but each is escaped and begins with the
+    record's own prefix and ``| ``: nothing in it can pass for an entry.
+    """
 
     def __init__(self, with_time: bool) -> None:
         super().__init__()
         self.with_time = with_time
 
     def format(self, record: logging.LogRecord) -> str:
-        """Render one record as one line (a traceback, if any, follows on its own lines)."""
-        message = record.getMessage()
-        # One event per line keeps the log parseable (fail2ban, grep): a stray
-        # newline in a message must not start what looks like a new entry.
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
-        line = (
-            f"{level_marker(record.levelno)} "
-            f"{format_location(record.filename, record.lineno)} {message}"
-        )
+        """Render one record: one line, plus one prefixed line per traceback line."""
+        head = f"{level_marker(record.levelno)} {format_location(record.filename, record.lineno)}"
         if self.with_time:
-            line = f"{format_timestamp(record.created)} {line}"
+            head = f"{format_timestamp(record.created)} {head}"
+        line = f"{head} {escape(record.getMessage())}"
+        extra = []
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            extra.append(self.formatException(record.exc_info))
+        if record.stack_info:
+            extra.append(self.formatStack(record.stack_info))
+        for text in extra:
+            line += "".join(f"\n{head} | {escape(part)}" for part in text.splitlines())
         return line
 
 
 class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Appends to a file (created 0644) and reopens it on request, for log rotation."""
+    """Appends to a file (created 0640) and reopens it on request, for log rotation."""
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
@@ -109,7 +116,7 @@ class ReopenableFileHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _open(self) -> IO[str]:
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         except OSError as e:
             raise MainLogError(f"open {self.path}: {os_reason(e)}") from e
         return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")

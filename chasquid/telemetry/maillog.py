@@ -1,8 +1,14 @@
 """The mail log: one stable, machine-parsed line per mail event (spec/10 §14, spec/20 §11).
 
 Destinations: the system log (``<syslog>``), ``<stdout>``, ``<stderr>`` or a
-file. Except for syslog, every line starts with the local time as
+file (created 0640: it holds addresses, client IPs and login names). Except
+for syslog, every line starts with the local time as
 ``YYYY-MM-DD HH:MM:SS.ffffff`` and one space.
+
+Every entry passes through ``MailLog._write``, which escapes line breaks,
+control characters and undecodable bytes (``chasquid.logtext.escape``): a
+remote server's multi-line reply or a client's chosen address stays inside
+its own line and cannot forge entries.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import IO, Protocol
 
 from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError
+from chasquid.logtext import escape
 
 log = logging.getLogger("chasquid.maillog")
 
@@ -62,14 +69,6 @@ def format_client(client: Client) -> str:
 def format_list(items: Sequence[str]) -> str:
     """Render a list as ``[a b c]``."""
     return "[" + " ".join(items) + "]"
-
-
-def _encode(text: str) -> bytes:
-    # Addresses may carry undecodable bytes as surrogates: write those bytes back.
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace")
 
 
 class _Sink(Protocol):
@@ -126,7 +125,7 @@ class _FileSink:
 
     def _open(self) -> int:
         try:
-            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            return os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as e:
             raise MailLogError(
                 f"cannot open mail log file {self._path}: {e.strerror or e}"
@@ -245,11 +244,11 @@ class MailLog:
             self._sink.close()
 
     def _write(self, entry: str) -> None:
+        # The one place every entry passes: whatever its fields hold, it is one line.
+        entry = escape(entry)
         if self._sink.timestamps:
             entry = self._clock().strftime("%Y-%m-%d %H:%M:%S.%f ") + entry
-        if not entry.endswith("\n"):
-            entry += "\n"
-        data = _encode(entry)
+        data = (entry + "\n").encode("utf-8")
         with self._lock:
             try:
                 self._sink.write(data)
@@ -292,7 +291,7 @@ class MailLog:
         self._write(f"{item_id} from={sender} to={to} sent")
 
     def failed(self, item_id: str, sender: str, to: str, error: str, permanent: bool) -> None:
-        """A delivery attempt failed; error is written verbatim (may span lines)."""
+        """A delivery attempt failed; a multi-line error stays on this line, escaped."""
         kind = "permanent" if permanent else "temporary"
         self._write(f"{item_id} from={sender} to={to} failed ({kind}): {error}")
 

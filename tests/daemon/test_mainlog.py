@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,30 @@ def test_newlines_do_not_start_a_new_entry() -> None:
     assert line.endswith("a\\nb\\rc")
 
 
+def test_control_characters_and_undecodable_bytes_are_escaped() -> None:
+    message = "ehlo \x1b[31mred\x07 \x00 \udcfe \u2028 \x85"
+    line = MainLogFormatter(with_time=False).format(_record(logging.INFO, message))
+    assert line.endswith("ehlo \\x1b[31mred\\x07 \\x00 \\xfe \\u2028 \\x85")
+    line.encode("utf-8")  # no lone surrogate left to fail a strict stream
+
+
+def test_traceback_lines_carry_the_record_prefix() -> None:
+    try:
+        raise ValueError("reply:\nE x.py:1 SMTP.Conn 192.0.2.1:1: error: AUTH failed")
+    except ValueError:
+        record = _record(logging.ERROR, "unexpected error")
+        record.exc_info = sys.exc_info()
+    text = MainLogFormatter(with_time=False).format(record)
+    first, *rest = text.split("\n")
+    assert first == "E daemon.py:42       unexpected error"
+    assert rest[0] == "E daemon.py:42       | Traceback (most recent call last):"
+    assert all(line.startswith("E daemon.py:42       | ") for line in rest)
+    assert rest[-2:] == [
+        "E daemon.py:42       | ValueError: reply:",
+        "E daemon.py:42       | E x.py:1 SMTP.Conn 192.0.2.1:1: error: AUTH failed",
+    ]
+
+
 @pytest.fixture
 def restore_root() -> Iterator[None]:
     root = logging.getLogger()
@@ -96,7 +121,7 @@ def test_logfile_has_timestamps_and_reopens(tmp_path: Path, restore_root: None) 
     assert "hidden" not in old
     assert "second" not in old
     assert re.search(r" E \S*:\d+ +second$", new, re.M)
-    assert path.stat().st_mode & 0o777 == 0o644 & ~_umask()
+    assert path.stat().st_mode & 0o777 == 0o640 & ~_umask()
 
 
 def test_logfile_in_missing_directory_is_an_error(tmp_path: Path, restore_root: None) -> None:

@@ -109,14 +109,34 @@ def test_queue_events_exact_lines(tmp_path: Path) -> None:
     ]
 
 
-def test_multiline_errors_are_verbatim_with_one_trailing_newline(tmp_path: Path) -> None:
+def test_multiline_errors_stay_on_their_line(tmp_path: Path) -> None:
     ml, path = file_log(tmp_path)
     ml.failed("id", "f@x", "t@y", "550-first\n550 second\n", True)
     ml.all_done("id", "f@x")
     ml.close()
     assert path.read_text() == (
-        PREFIX + "id from=f@x to=t@y failed (permanent): 550-first\n550 second\n"
+        PREFIX + "id from=f@x to=t@y failed (permanent): 550-first\\n550 second\\n\n"
         f"{PREFIX}id from=f@x all done\n"
+    )
+
+
+def test_every_field_is_escaped(tmp_path: Path) -> None:
+    # What clients and remote servers choose: AUTH identities, addresses
+    # (undecodable bytes arrive as surrogates), reasons, replies.
+    ml, path = file_log(tmp_path)
+    ml.auth(("192.0.2.7", 1), "x@evil.test\n1.2.3.4:5 auth succeeded for y@z", False)
+    ml.rejected(("192.0.2.7", 1), "a\x1b[31m@b\x00", ["c\udcff@d\u2028"], "r\r\x07")
+    ml.queued(("192.0.2.7", 1), "a\x85@b", ["c\u202e@d"], "id")
+    ml.failed("id", "f@x", "t@y\t", "550 a\r\n550 b", True)
+    ml.close()
+    assert path.read_bytes().decode("utf-8") == "".join(
+        PREFIX + line + "\n"
+        for line in [
+            "192.0.2.7:1 auth failed for x@evil.test\\n1.2.3.4:5 auth succeeded for y@z",
+            "192.0.2.7:1 rejected from=a\\x1b[31m@b\\x00 to=[c\\xff@d\\u2028] - r\\r\\x07",
+            "id from=a\\x85@b queued ip=192.0.2.7:1 to=[c\\u202e@d]",
+            "id from=f@x to=t@y\\t failed (permanent): 550 a\\r\\n550 b",
+        ]
     )
 
 
@@ -141,7 +161,8 @@ def test_file_is_created_with_parents_and_appended(tmp_path: Path) -> None:
         os.umask(old_umask)
     ml.listening(":25")
     ml.close()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    # It holds addresses, client IPs and login names: not for every local user.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o775
     assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o775
     ml2 = MailLog.open(str(path), clock=lambda: STAMP)
