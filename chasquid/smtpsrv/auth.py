@@ -2,6 +2,9 @@
 
 Checks run in worker threads (scrypt is slow and memory-hungry), bounded by a
 semaphore, and are padded in time so that failures and successes look alike.
+An identity with no user behind it (unknown domain, unknown or receive-only
+user) takes the same path and costs the same scrypt as a wrong password, so
+that even under load its answer does not come sooner.
 """
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
+from chasquid.confdir.userdb import UserDB
 from chasquid.errors import ChasquidError
-from chasquid.normalize import NormalizationError, normalize_domain, normalize_user
+from chasquid.normalize import (
+    NormalizationError,
+    domain_to_ascii,
+    normalize_domain,
+    normalize_user,
+)
+from chasquid.smtpsrv.certs import valid_hostname
 
 MECHANISMS = ("PLAIN", "LOGIN")
 MIN_DURATION = 0.1
@@ -78,14 +88,29 @@ def decode_login_field(response: str, what: str) -> str:
 
 
 def split_identity(identity: str) -> tuple[str, str]:
-    """Normalized (user, domain) of an identity; no ``@`` gives an empty domain."""
+    """Normalized (user, domain) of an identity; no ``@`` gives an empty domain.
+
+    Refused before anything is logged or looked up: identities with spaces
+    or control characters (they end up in the mail log and in lookups of
+    other backends), and domains that are not valid host names.
+    """
+    if any(ch == " " or not ch.isprintable() for ch in identity):
+        # str.isprintable is False for every control, format and separator
+        # character except the ASCII space, and for lone surrogates.
+        raise AuthDecodeError("the identity contains spaces or control characters")
     user, _, domain = identity.partition("@")
     try:
         nuser = normalize_user(user)
         ndomain = normalize_domain(domain) if domain else ""
+        if ndomain and not valid_hostname(domain_to_ascii(ndomain)):
+            raise NormalizationError("the domain is not a valid host name")
     except NormalizationError as e:
         raise AuthDecodeError(str(e)) from None
     return nuser, ndomain
+
+
+# The users of an unknown domain: none, checked at the cost of a real check.
+_NO_USERS: UserChecker = UserDB()
 
 
 class Authenticator:
@@ -100,9 +125,7 @@ class Authenticator:
         """True if ``user@domain`` has that password; padded to at least ~100 ms."""
         start = time.monotonic()
         try:
-            db = users.get(domain)
-            if db is None:
-                return False
+            db = users.get(domain, _NO_USERS)
             async with self._sem:
                 try:
                     return await asyncio.to_thread(db.authenticate, user, password)
