@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass
 
 from passlib.hash import scrypt as passlib_scrypt
@@ -146,3 +147,22 @@ def verify(entry: Entry, password: str) -> bool:
             return hmac.compare_digest(pw, stored)
         case _:
             return False
+
+
+# A check that can never succeed, at the cost of a new hash: what an identity
+# with nothing to check (unknown, receive-only) costs, so that its answer takes
+# as long as a wrong password's and tells nothing about who exists.
+_NOTHING_MATCHES = RawScrypt(NEW_LOG_N, NEW_R, NEW_P, os.urandom(SALT_BYTES), os.urandom(32))
+
+
+def verify_at_full_cost(entry: Entry | None, password: str) -> bool:
+    """``verify`` that costs at least one scrypt whatever the entry (None: unknown user).
+
+    Unknown users, receive-only users and clear-text entries run one scrypt
+    of the default parameters that cannot match, so that timing does not
+    tell them from a user with a wrong password.
+    """
+    if isinstance(entry, PasswordHash | RawScrypt):
+        return verify(entry, password)
+    verify(_NOTHING_MATCHES, password)
+    return entry is not None and verify(entry, password)

@@ -27,7 +27,7 @@ from chasquid.confdir.passwords import (
     b64decode_nopad,
     b64encode_nopad,
     hash_password,
-    verify,
+    verify_at_full_cost,
 )
 from chasquid.errors import ChasquidError
 from chasquid.fileio import atomic_write
@@ -97,10 +97,11 @@ class UserDB:
         """Whether password is the user's; never raises.
 
         This is deliberately slow (scrypt, tens of milliseconds) and blocking:
-        async code runs it in a thread (``asyncio.to_thread``).
+        async code runs it in a thread (``asyncio.to_thread``). It costs as
+        much for an unknown or receive-only user as for a wrong password, so
+        its timing does not reveal who exists.
         """
-        entry = self._entries.get(user)
-        return entry is not None and verify(entry, password)
+        return verify_at_full_cost(self._entries.get(user), password)
 
     def entry(self, user: str) -> Entry | None:
         """The stored entry of user, or None."""
