@@ -10,6 +10,7 @@ Every public function raises only :class:`NormalizationError`.
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 
 import idna
@@ -265,3 +266,19 @@ def clean(addr: str, drops: str, separators: str) -> str:
             break
         user = normalized
     return _rejoin(addr, cut)
+
+
+_LDH_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def valid_hostname(name: str) -> bool:
+    """Whether ``name`` is a syntactically valid host name: ASCII letters, digits, hyphens.
+
+    Labels of 1-63 characters that neither start nor end with a hyphen, 253
+    characters at most, one trailing dot allowed. IDNs must be given in their
+    ASCII form (``domain_to_ascii``).
+    """
+    if not name or len(name) > 253:
+        return False
+    labels = name.removesuffix(".").split(".")
+    return all(_LDH_LABEL.match(label) for label in labels)

@@ -157,6 +157,9 @@ class _Run:
             )
         except OSError as e:
             raise ProgramStartError(f"cannot run {self.argv[0]!r}: {e.strerror or e}") from e
+        except ValueError as e:
+            # A NUL in an argument or in the environment: exec cannot take it.
+            raise ProgramStartError(f"cannot run {self.argv[0]!r}: {e}") from e
         with self.lock:
             self.proc = proc
             abandoned = self.abandoned
@@ -282,6 +285,8 @@ async def run_program(
             )
         except OSError as e:
             raise ProgramStartError(f"cannot run {program!r}: {e.strerror or e}") from e
+        except ValueError as e:
+            raise ProgramStartError(f"cannot run {program!r}: {e}") from e
         return ProgramResult(done.status, done.stdout, done.stderr, done.timed_out)
     run = _Run(
         argv=tuple(str(a) for a in argv),

@@ -7,6 +7,8 @@ import re
 from chasquid.errors import ChasquidError
 
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 _ATEXT = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
@@ -15,6 +17,11 @@ _ATEXT = frozenset(
 
 class AddressError(ChasquidError):
     """An address token that does not parse as an RFC 5322 address."""
+
+
+def has_control(text: str) -> bool:
+    """Whether text holds a C0 or C1 control, DEL, or a Unicode line or paragraph separator."""
+    return _CONTROL.search(text) is not None
 
 
 def first_token(params: str) -> str | None:
@@ -95,6 +102,10 @@ def parse_address(token: str) -> str:
     """
     if _INVALID_UTF8.search(token):
         raise AddressError("invalid UTF-8 in address")
+    if has_control(token):
+        # Not even escaped in a quoted local part: an address ends up in logs,
+        # DSN headers and hook environments, none of which may carry them.
+        raise AddressError("control character in address")
     token = _strip_comment(token)
     if "<" in token:
         start = token.find("<")

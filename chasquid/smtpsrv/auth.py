@@ -25,8 +25,8 @@ from chasquid.normalize import (
     domain_to_ascii,
     normalize_domain,
     normalize_user,
+    valid_hostname,
 )
-from chasquid.smtpsrv.certs import valid_hostname
 
 MECHANISMS = ("PLAIN", "LOGIN")
 MIN_DURATION = 0.1

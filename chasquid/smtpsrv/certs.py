@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +17,10 @@ log = logging.getLogger("chasquid.smtpsrv")
 # Attribute under which the SNI callback leaves the client's server name on
 # the SSL object, for the session to read after the handshake.
 SNI_ATTR = "chasquid_sni"
-_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 class CertError(ChasquidError):
     """The certificates directory or a certificate in it cannot be used."""
-
-
-def valid_hostname(name: str) -> bool:
-    """Whether ``name`` is a syntactically valid (ASCII, LDH) host name."""
-    if not name or len(name) > 253:
-        return False
-    labels = name.removesuffix(".").split(".")
-    return all(_LABEL.match(label) for label in labels)
 
 
 def _names(pem: bytes) -> tuple[str, ...]:

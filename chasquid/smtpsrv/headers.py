@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from chasquid.errors import ChasquidError
+from chasquid.normalize import valid_hostname
 
 # OpenSSL names of TLS 1.2 suites → IANA names (TLS 1.3 names are already IANA).
 _IANA_SUITES = {
@@ -84,7 +85,11 @@ def quote(s: str) -> str:
             out.append("\\t")
         elif not ch.isprintable():
             code = ord(ch)
-            out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
+            if 0xDC80 <= code <= 0xDCFF:
+                # A byte that was not valid UTF-8, carried through surrogateescape.
+                out.append(f"\\x{code - 0xDC00:02x}")
+            else:
+                out.append(f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}")
         else:
             out.append(ch)
     out.append('"')
@@ -125,8 +130,13 @@ def received(
     sender: str,
     now: float | None = None,
 ) -> str:
-    """The value of the ``Received:`` header (lines joined by LF)."""
-    first = f"from {helo_domain}"
+    """The value of the ``Received:`` header (lines joined by LF).
+
+    The HELO name is written as sent when it is a host name or an address
+    literal, and quoted (``quote``) otherwise, so that what a client chose
+    cannot pass for another part of the header.
+    """
+    first = f"from {helo_domain if _plain_helo(helo_domain) else quote(helo_domain)}"
     if not authenticated and client_ip is not None:
         first += f" ([{ip_literal(client_ip)}])"
     proto = ("ESMTP" if esmtp else "SMTP") + ("S" if tls else "") + ("A" if authenticated else "")
@@ -139,6 +149,24 @@ def received(
     lines.append(f"(over {mode_name}, {level}, envelope from {quote(sender or '<>')})")
     lines.append(f"; {rfc1123z(now if now is not None else time.time())}")
     return "\n".join(lines)
+
+
+def _plain_helo(name: str) -> bool:
+    """Whether a HELO name is a host name or an address literal (``[192.0.2.1]``, ``[IPv6:..]``)."""
+    if valid_hostname(name):
+        return True
+    if not (name.startswith("[") and name.endswith("]")):
+        return False
+    literal = name[1:-1]
+    if literal[:5].lower() == "ipv6:":
+        literal = literal[5:]
+    elif ":" in literal:
+        return False
+    try:
+        ipaddress.ip_address(literal)
+    except ValueError:
+        return False
+    return True
 
 
 def received_spf(result: str, reason: str) -> str:

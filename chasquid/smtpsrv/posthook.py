@@ -47,9 +47,14 @@ def hook_env(
     spf_pass: bool,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Exactly the environment the hook gets; nothing else is inherited."""
+    """Exactly the environment the hook gets; nothing else is inherited.
+
+    Values hold what the client sent (reception refuses control characters
+    in names and addresses); a NUL, which no environment can carry, is
+    dropped from every value all the same.
+    """
     base = os.environ if base is None else base
-    return {
+    env = {
         "USER": base.get("USER", ""),
         "SHELL": base.get("SHELL", ""),
         "PATH": base.get("PATH", ""),
@@ -64,6 +69,7 @@ def hook_env(
         "FROM_LOCAL_DOMAIN": "1" if from_local_domain else "0",
         "SPF_PASS": "1" if spf_pass else "0",
     }
+    return {name: value.replace("\0", "") for name, value in env.items()}
 
 
 def _last_line(stdout: bytes) -> str:

@@ -25,12 +25,17 @@ from aiosmtpd.smtp import SMTP
 from chasquid.confdir.aliases import AliasError
 from chasquid.confdir.domaininfo import SecLevel
 from chasquid.goquote import go_quote
-from chasquid.normalize import NormalizationError, normalize_domain, normalize_user
+from chasquid.normalize import (
+    NormalizationError,
+    normalize_domain,
+    normalize_user,
+    valid_hostname,
+)
 from chasquid.queue.queue import QueueError
 from chasquid.smtpsrv import auth, headers, posthook
 from chasquid.smtpsrv import spf as spfcheck
-from chasquid.smtpsrv.address import AddressError, first_token, parse_address
-from chasquid.smtpsrv.certs import SNI_ATTR, valid_hostname
+from chasquid.smtpsrv.address import AddressError, first_token, has_control, parse_address
+from chasquid.smtpsrv.certs import SNI_ATTR
 from chasquid.smtpsrv.dataread import BadLineEnding, DataReadError, read_data
 from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
 from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
@@ -342,18 +347,26 @@ class SMTPSession(SMTP):
 
     # ---- simple commands --------------------------------------------------------
 
+    def _hello(self, verb: str, params: str) -> Reply | None:
+        """Take the HELO/EHLO name; the refusal when there is none or it is unsafe."""
+        words = params.split()
+        if not words:
+            return Reply(501, f"Invalid {verb}: a name is required")
+        if has_control(params):
+            # The name goes into Received:, the hook's environment and the logs.
+            # (Bytes that are not UTF-8 are kept: Received: quotes them.)
+            return Reply(501, f"Invalid {verb}: control characters are not allowed")
+        self.helo_domain = words[0]
+        return None
+
     async def smtp_HELO(self, params: str) -> Reply:
         """HELO (§6.1)."""
-        if not params.split():
-            return Reply(501, "Invalid HELO: a name is required")
-        self.helo_domain = params.split()[0]
-        return Reply(250, self.hostname_now)
+        return self._hello("HELO", params) or Reply(250, self.hostname_now)
 
     async def smtp_EHLO(self, params: str) -> Reply:
         """EHLO (§6.2)."""
-        if not params.split():
-            return Reply(501, "Invalid EHLO: a name is required")
-        self.helo_domain = params.split()[0]
+        if refused := self._hello("EHLO", params):
+            return refused
         self.esmtp = True
         lines = [
             f"{self.hostname_now} at your service",
