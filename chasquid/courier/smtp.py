@@ -32,6 +32,7 @@ from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
 from chasquid.remoteports import smtp_port
 from chasquid.stspolicy import Policy
 from chasquid.telemetry.metrics import Counters
+from chasquid.tlsprofile import client_context
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class SMTPCourier:
         sts: StsCache | None = None,
         counters: Counters | None = None,
         resolver_factory: Callable[[], dns.asyncresolver.Resolver] = make_async_resolver,
-        ssl_context: SSLContextFactory = ssl.create_default_context,
+        ssl_context: SSLContextFactory = client_context,
         port: int | None = None,
         timeouts: Timeouts = Timeouts(),
         max_hosts: int = 5,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from chasquid.errors import ChasquidError
 from chasquid.smtpsrv.certnames import certificate_names, first_pem_certificate
+from chasquid.tlsprofile import server_context
 
 log = logging.getLogger("chasquid.smtpsrv")
 
@@ -35,15 +36,6 @@ def _matches(pattern: str, name: str) -> bool:
         head, _, rest = name.partition(".")
         return bool(head) and rest == pattern[2:]
     return False
-
-
-def _context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    # Session tickets off: a work-around for a Microsoft client bug (§2.2).
-    ctx.options |= ssl.OP_NO_TICKET
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @dataclass(frozen=True)
@@ -96,7 +88,7 @@ def load_certificate(name: str, fullchain: Path, privkey: Path) -> Certificate:
         names = _names(pem)
     except (OSError, ValueError) as e:
         raise CertError(f"{fullchain}: cannot load certificate: {e}") from None
-    ctx = _context()
+    ctx = server_context()
     try:
         ctx.load_cert_chain(str(fullchain), str(privkey))
     except (OSError, ssl.SSLError) as e:
