@@ -42,6 +42,9 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _NULL_TAG = "tag:yaml.org,2002:null"
 
+#: Values of auth_sender_policy: who an authenticated user may send as (docs/security.md).
+SENDER_POLICIES = ("any", "domain", "own")
+
 _TRUE_WORDS = frozenset({"true", "yes", "on"})
 _DECIMAL_RE = re.compile(r"[-+]?[0-9]+\Z")
 _KEY_LINE_RE = re.compile(r"^[ ]*([A-Za-z_][A-Za-z0-9_]*)[ ]*:(?=[ ]|$)")
@@ -81,6 +84,7 @@ class Config:
     haproxy_incoming: bool = False
     max_queue_items: int = 200
     give_up_send_after: float = 20 * 3600.0
+    auth_sender_policy: str = "domain"
     give_up_send_after_text: str = DEFAULT_GIVE_UP_SEND_AFTER
 
     @property
@@ -144,6 +148,15 @@ def _int_range(low: int, high: int) -> Callable[[object], str | None]:
     return check
 
 
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}; got {go_quote(str(value))}"
+        return None
+
+    return check
+
+
 def _check_lmtp_address(value: object) -> str | None:
     assert isinstance(value, str)
     if value == "" or "/" in value:
@@ -177,6 +190,7 @@ _SPECS: dict[str, _KeySpec] = {
     "haproxy_incoming": _KeySpec("bool"),
     "max_queue_items": _KeySpec("int", _int_range(1, MAX_UINT32)),
     "give_up_send_after": _KeySpec("duration"),
+    "auth_sender_policy": _KeySpec("str", _one_of(SENDER_POLICIES)),
 }
 
 KEYS: tuple[str, ...] = tuple(_SPECS)

@@ -32,7 +32,7 @@ from chasquid.normalize import (
     valid_hostname,
 )
 from chasquid.queue.queue import QueueError
-from chasquid.smtpsrv import auth, headers, posthook
+from chasquid.smtpsrv import auth, headers, posthook, senderpolicy
 from chasquid.smtpsrv import spf as spfcheck
 from chasquid.smtpsrv.address import AddressError, first_token, has_control, parse_address
 from chasquid.smtpsrv.certs import SNI_ATTR
@@ -516,9 +516,29 @@ class SMTPSession(SMTP):
         except NormalizationError as e:
             self.ctx.maillog.rejected(self.client, addr, [], f"malformed address: {e}")
             return Reply(501, "5.1.8 Malformed sender domain (IDNA conversion failed)")
+        if self.authenticated and (refused := await self._check_sender(f"{local}@{domain}")):
+            return refused
         self.mail_from = f"{local}@{domain}"
         self.spf = spf_result
         return Reply(250, "2.1.5 Sender OK")
+
+    async def _check_sender(self, sender: str) -> Reply | None:
+        """The refusal of an authenticated user's sender under auth_sender_policy, if any."""
+        policy = self.ctx.config.auth_sender_policy
+        who = f"{self.auth_user}@{self.auth_domain}"
+        try:
+            allowed = await senderpolicy.may_send_as(
+                policy, sender, self.auth_user, self.auth_domain, self.ctx.domains().resolver
+            )
+        except senderpolicy.SenderPolicyError as e:
+            self.ctx.maillog.rejected(self.client, sender, [], str(e))
+            return Reply(451, "4.4.3 Temporary error checking the sender address")
+        if allowed:
+            return None
+        self.ctx.maillog.rejected(
+            self.client, sender, [], f"{who} may not send as this address ({policy} policy)"
+        )
+        return Reply(553, f"5.7.1 {who} may not send as this address")
 
     async def smtp_RCPT(self, params: str) -> Reply:
         """RCPT TO (§6.7), checks in the specified order."""

@@ -517,6 +517,7 @@ def test_render_spec_example(tmp_path: Path) -> None:
         'mail_log_path: "<syslog>"\n'
         "max_queue_items: 200\n"
         'give_up_send_after: "20h"\n'
+        'auth_sender_policy: "domain"\n'
         "\n"
     )
 

@@ -113,10 +113,13 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         hook: str | None = None,
         max_received_headers: int = 50,
         lifetime: float = 20 * 60.0,
+        aliases: dict[str, str] | None = None,
     ) -> Running:
         root = tmp_path
         _write_config(root, ca, conf)
         cdir = ConfigDir(root / "conf")
+        for domain, text in (aliases or {}).items():
+            cdir.aliases_file(domain).write_text(text)
         if hook is not None:
             executable(cdir.hooks / "post-data", hook)
         config = configmod.load(cdir.root)
