@@ -85,6 +85,8 @@ class Config:
     max_queue_items: int = 200
     give_up_send_after: float = 20 * 3600.0
     auth_sender_policy: str = "domain"
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
     give_up_send_after_text: str = DEFAULT_GIVE_UP_SEND_AFTER
 
     @property
@@ -191,6 +193,8 @@ _SPECS: dict[str, _KeySpec] = {
     "max_queue_items": _KeySpec("int", _int_range(1, MAX_UINT32)),
     "give_up_send_after": _KeySpec("duration"),
     "auth_sender_policy": _KeySpec("str", _one_of(SENDER_POLICIES)),
+    "max_connections": _KeySpec("int", _int_range(1, MAX_UINT32)),
+    "max_connections_per_ip": _KeySpec("int", _int_range(1, MAX_UINT32)),
 }
 
 KEYS: tuple[str, ...] = tuple(_SPECS)

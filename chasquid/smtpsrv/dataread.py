@@ -7,6 +7,7 @@ loop.  The stored message has LF line endings and no stuffing dots.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from chasquid.errors import ChasquidError
 
@@ -116,13 +117,18 @@ def push_back(reader: asyncio.StreamReader, data: bytes) -> None:
         buffer[:0] = data
 
 
-async def read_data(reader: asyncio.StreamReader, max_size: int) -> DataReader:
+async def read_data(
+    reader: asyncio.StreamReader, max_size: int, *, before_read: Callable[[], None] = lambda: None
+) -> DataReader:
     """Read one DATA payload from ``reader``; the returned reader holds the result.
 
-    Raises BadLineEnding (reply 521 and close) or DataReadError (554 5.4.0).
+    ``before_read`` is called before every read (the session resets its idle
+    timer there). Raises BadLineEnding (reply 521 and close) or DataReadError
+    (554 5.4.0).
     """
     dr = DataReader(max_size)
     while True:
+        before_read()
         try:
             chunk = await reader.read(CHUNK_SIZE)
         except (ConnectionError, OSError) as exc:

@@ -1,8 +1,9 @@
-"""The live reception sessions, so that shutdown can let transactions finish (decision 3)."""
+"""The live reception sessions: for graceful shutdown (decision 3) and the connection limits."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -27,11 +28,14 @@ class Sessions:
     its task ends.  Queueing an accepted message runs as a separate task
     (``keep``) so that a client vanishing mid-queueing cannot cancel it; the
     registry holds those tasks until they finish, and ``drain`` waits for them.
+    Sessions also ``claim`` a slot for their client (``client_key``) once it
+    is known, for the per-client connection limit, and ``release`` it at the end.
     """
 
     def __init__(self) -> None:
         self._live: set[Tracked] = set()
         self._work: set[asyncio.Task[object]] = set()
+        self._per_client: dict[str, int] = {}
 
     def add(self, session: Tracked) -> None:
         """Register a new session."""
@@ -40,6 +44,20 @@ class Sessions:
     def discard(self, session: Tracked) -> None:
         """Forget a session whose connection is gone."""
         self._live.discard(session)
+
+    def claim(self, client: str) -> int:
+        """Count one more session from ``client`` (see ``client_key``); the count now."""
+        count = self._per_client.get(client, 0) + 1
+        self._per_client[client] = count
+        return count
+
+    def release(self, client: str) -> None:
+        """A session counted with ``claim`` has ended."""
+        count = self._per_client.get(client, 0) - 1
+        if count > 0:
+            self._per_client[client] = count
+        else:
+            self._per_client.pop(client, None)
 
     def keep(self, task: asyncio.Task[object]) -> None:
         """Hold a strong reference to ``task`` until it is done."""
@@ -83,3 +101,19 @@ class Sessions:
         end = loop.time() + 2.0
         while self._live and loop.time() < end:
             await asyncio.sleep(0.02)
+
+
+def client_key(ip: str) -> str:
+    """What the per-client connection limit counts: an IPv4 address or an IPv6 /64.
+
+    One IPv6 host usually has a whole /64 to pick addresses from.
+    """
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)

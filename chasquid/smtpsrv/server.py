@@ -22,6 +22,8 @@ from chasquid.telemetry.metrics import Counters
 HANDSHAKE_TIMEOUT = 60.0
 #: Connection lifetime (spec/10 §4.2).
 LIFETIME = 20 * 60.0
+#: How long DATA may wait for the client's next bytes (RFC 5321's server timeout).
+DATA_IDLE_TIMEOUT = 5 * 60.0
 #: Listen backlog: bursts of hundreds of connections must not be refused.
 BACKLOG = 1024
 
@@ -51,8 +53,9 @@ class ReceptionContext:
     ``domains`` and ``certs`` are called for every use so the daemon can swap
     the snapshots atomically on reload.  ``max_received_headers`` is the
     loop-detection limit (chasquid's test flag ``--testing__max_received_headers``
-    overrides it); ``lifetime`` is the connection lifetime in seconds (a test
-    knob).  ``sessions`` registers the live sessions for graceful shutdown.
+    overrides it); ``lifetime`` is the connection lifetime and
+    ``data_idle_timeout`` the longest wait for DATA's next bytes, in seconds
+    (test knobs).  ``sessions`` registers the live sessions for graceful shutdown.
     """
 
     config: Config
@@ -67,6 +70,7 @@ class ReceptionContext:
     max_received_headers: int = 50
     software: str = "chasquid"
     lifetime: float = LIFETIME
+    data_idle_timeout: float = DATA_IDLE_TIMEOUT
     sessions: Sessions = field(default_factory=Sessions)
 
     @property

@@ -38,6 +38,7 @@ from chasquid.smtpsrv.address import AddressError, first_token, has_control, par
 from chasquid.smtpsrv.certs import SNI_ATTR
 from chasquid.smtpsrv.dataread import BadLineEnding, DataReadError, read_data
 from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
+from chasquid.smtpsrv.registry import client_key
 from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
 from chasquid.telemetry.maillog import format_client
 
@@ -103,6 +104,7 @@ class SMTPSession(SMTP):
         self.tcp_peer = ""
         self.client: Any = ""
         self.client_ip = ""
+        self._client_key: str | None = None
 
     # ---- connection plumbing -------------------------------------------------
 
@@ -237,6 +239,8 @@ class SMTPSession(SMTP):
         finally:
             self._close()
             self.ctx.sessions.discard(self)
+            if self._client_key is not None:
+                self.ctx.sessions.release(self._client_key)
 
     def _timeout_cb(self) -> None:
         """The I/O deadline passed: log it, try a last 554 (§4.2) and close."""
@@ -271,6 +275,19 @@ class SMTPSession(SMTP):
         self._record_tls(new_transport)
         return None
 
+    def _over_connection_limit(self) -> str | None:
+        """The key whose limit this connection exceeds (counted from now on), if any.
+
+        The client is the real one behind a PROXY line, so it is known only here.
+        """
+        config = self.ctx.config
+        if len(self.ctx.sessions) > config.max_connections:
+            return "max_connections"
+        self._client_key = client_key(self.client_ip or self.tcp_peer)
+        if self.ctx.sessions.claim(self._client_key) > config.max_connections_per_ip:
+            return "max_connections_per_ip"
+        return None
+
     async def _serve(self) -> None:
         self._reset_timeout(HANDSHAKE_TIMEOUT)
         assert self.transport is not None
@@ -287,6 +304,11 @@ class SMTPSession(SMTP):
                 return
             self.client = (header.src_ip, header.src_port)
             self.client_ip = header.src_ip
+        if refused_by := self._over_connection_limit():
+            self.ctx.counters.inc(_P + "connectionsRefused", refused_by)
+            log.info("SMTP.Conn %s: refused: over %s", self.tcp_peer, refused_by)
+            await self._write("421 4.7.0 Too many connections, try again later")
+            return
         await self._write(f"220 {self.hostname_now} ESMTP {self.ctx.software}")
 
         while self.transport is not None:
@@ -601,10 +623,14 @@ class SMTPSession(SMTP):
             return Reply(503, "5.5.1 Need an address to send to")
         await self._send(354, "Start mail input; end with <CRLF>.<CRLF>")
         self.ctx.counters.inc(_P + "tlsCount", "tls" if self.tls else "plain")
-        remaining = self.ctx.lifetime - (time.monotonic() - self.started)
-        self._reset_timeout(max(remaining, 1.0))
+
+        def before_read() -> None:
+            # RFC 5321's server timeout between reads, within the connection's lifetime.
+            left = self.ctx.lifetime - (time.monotonic() - self.started)
+            self._reset_timeout(max(min(self.ctx.data_idle_timeout, left), 1.0))
+
         try:
-            result = await read_data(self._reader, self.ctx.max_data_size)
+            result = await read_data(self._reader, self.ctx.max_data_size, before_read=before_read)
         except BadLineEnding as e:
             self._log_error(f"DATA closed the connection: {e}")
             await self._send(521, "5.5.2 Error reading DATA: invalid line ending")

@@ -518,6 +518,8 @@ def test_render_spec_example(tmp_path: Path) -> None:
         "max_queue_items: 200\n"
         'give_up_send_after: "20h"\n'
         'auth_sender_policy: "domain"\n'
+        "max_connections: 1000\n"
+        "max_connections_per_ip: 100\n"
         "\n"
     )
 

@@ -114,6 +114,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         max_received_headers: int = 50,
         lifetime: float = 20 * 60.0,
         aliases: dict[str, str] | None = None,
+        data_idle_timeout: float = 5 * 60.0,
     ) -> Running:
         root = tmp_path
         _write_config(root, ca, conf)
@@ -141,6 +142,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
             counters=counters,
             max_received_headers=max_received_headers,
             lifetime=lifetime,
+            data_idle_timeout=data_idle_timeout,
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
