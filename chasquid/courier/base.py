@@ -1,14 +1,29 @@
-"""What every courier shares: the delivery error and the Courier protocol."""
+"""The contract of every way out of the queue: the error, the result type and one protocol per role.
+
+The delivery loop (chasquid.queue.delivery) routes each pending recipient by
+kind and holds one courier per role:
+
+- ``Courier``: one recipient per call (the MDA, pipe aliases);
+- ``LocalBatchCourier``: every local recipient of an item in one transaction
+  (LMTP, with ``mail_lmtp_address``);
+- ``RemoteCourier``: the remote recipients of one domain in one SMTP
+  transaction, through the domain's MX hosts or an alias's own servers.
+
+A batch courier answers with ``Results``: an entry for every recipient it was
+given. A failure is a ``DeliveryError``; permanent ones are not retried and end
+in a bounce, temporary ones are retried until the item is too old.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from chasquid.errors import ChasquidError
 
 
 class DeliveryError(ChasquidError):
-    """A failed delivery attempt; permanent ones are not retried (spec/20 §4.10)."""
+    """A failed delivery attempt; a permanent one is not retried."""
 
     def __init__(self, message: str, *, permanent: bool) -> None:
         super().__init__(message)
@@ -30,9 +45,39 @@ class DeliveryError(ChasquidError):
         return f"DeliveryError({self.message!r}, {kind})"
 
 
+#: A batch delivery's outcome: recipient address -> None when delivered, else why not.
+Results = dict[str, DeliveryError | None]
+
+
 class Courier(Protocol):
     """Delivers a message to one recipient."""
 
     async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
         """Deliver data from sender to rcpt; raise DeliveryError on failure."""
+        ...
+
+
+class LocalBatchCourier(Protocol):
+    """Delivers to several local recipients in one transaction, over connections it keeps."""
+
+    async def deliver_many(self, sender: str, rcpts: Sequence[str], data: bytes) -> Results:
+        """An entry for every rcpt; failures are results, not exceptions."""
+        ...
+
+    async def close(self) -> None:
+        """Close the connections kept for later deliveries."""
+        ...
+
+
+class RemoteCourier(Protocol):
+    """Delivers to the remote recipients of one domain in one SMTP transaction.
+
+    ``via`` is empty for plain recipients (the domain's MX hosts are used) and
+    the alias's server list for forwarding aliases (tried in order).
+    """
+
+    async def deliver_many(
+        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
+    ) -> Results:
+        """An entry for every rcpt; failures are results, not exceptions."""
         ...

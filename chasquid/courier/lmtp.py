@@ -20,10 +20,10 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.mda import to_crlf
+from chasquid.courier.base import DeliveryError, Results
 from chasquid.errors import ChasquidError
 from chasquid.normalize import NormalizationError, addr_to_ascii, split_addr
+from chasquid.smtpwire import dot_stuff
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_POOL_SIZE = 4
@@ -68,16 +68,6 @@ def parse_address(address: str) -> tuple[str, int] | str:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, int(port)
-
-
-def dot_stuff(data: bytes) -> bytes:
-    """The DATA payload: CRLF line endings, leading dots doubled, and the final dot."""
-    body = to_crlf(data)
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    if body.startswith(b"."):
-        body = b"." + body
-    return body.replace(b"\n.", b"\n..") + b".\r\n"
 
 
 class _Connection:
@@ -157,9 +147,7 @@ class _Connection:
         self.close()
 
 
-def _wire_rcpts(
-    rcpts: Sequence[str], smtputf8: bool, results: dict[str, DeliveryError | None]
-) -> list[tuple[str, str]]:
+def _wire_rcpts(rcpts: Sequence[str], smtputf8: bool, results: Results) -> list[tuple[str, str]]:
     """(recipient, its RCPT form) for those that can be sent; the others get their error."""
     wires: list[tuple[str, str]] = []
     for r in rcpts:
@@ -217,11 +205,9 @@ class LMTPCourier:
         if error is not None:
             raise error
 
-    async def deliver_many(
-        self, sender: str, rcpts: Sequence[str], data: bytes
-    ) -> dict[str, DeliveryError | None]:
+    async def deliver_many(self, sender: str, rcpts: Sequence[str], data: bytes) -> Results:
         """Deliver to several recipients in one transaction; None means delivered."""
-        results: dict[str, DeliveryError | None] = {}
+        results: Results = {}
         todo = list(dict.fromkeys(rcpts))
         if not todo:
             return results
@@ -299,7 +285,7 @@ class LMTPCourier:
         sender: str,
         rcpts: list[str],
         payload: bytes,
-        results: dict[str, DeliveryError | None],
+        results: Results,
     ) -> None:
         """One MAIL/RCPT.../DATA exchange; fills results for every recipient it settles."""
         stage = "MAIL"
@@ -354,7 +340,7 @@ class LMTPCourier:
         conn: _Connection,
         accepted: list[str],
         payload: bytes,
-        results: dict[str, DeliveryError | None],
+        results: Results,
     ) -> None:
         """After a 354: the message, then one reply per accepted recipient (RFC 2033)."""
         stage = "DATA writing"
@@ -375,7 +361,7 @@ class LMTPCourier:
         rcpts: list[str],
         offered_utf8: bool,
         payload: bytes,
-        results: dict[str, DeliveryError | None],
+        results: Results,
     ) -> None:
         """MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in order."""
         wires = _wire_rcpts(rcpts, offered_utf8, results)

@@ -22,6 +22,7 @@ from chasquid.courier.base import DeliveryError
 from chasquid.goquote import go_quote
 from chasquid.normalize import split_addr
 from chasquid.programs.process import ProgramStartError, resolve_program, run_program
+from chasquid.smtpwire import to_crlf
 
 #: EX_TEMPFAIL from sysexits.h: the only exit code that means "try again later".
 EX_TEMPFAIL = 75
@@ -65,13 +66,6 @@ def substitute_args(args: Sequence[str], sender: str, rcpt: str) -> list[str]:
     """Replace every placeholder in every argument, in one pass (no re-expansion)."""
     values = placeholder_values(sender, rcpt)
     return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], a) for a in args]
-
-
-def to_crlf(data: bytes) -> bytes:
-    """LF line endings to CRLF; existing CRLF kept, no newline added at the end."""
-    # Two C-speed replaces instead of a regex with a look-behind: every LF ends
-    # up with exactly one CR before it, and a CRLF stays as it was.
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 @dataclass(frozen=True)

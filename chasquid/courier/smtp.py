@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 import dns.asyncresolver
 
 from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.lmtp import dot_stuff
+from chasquid.courier.base import DeliveryError, Results
 from chasquid.courier.mx import lookup_mx, resolve_host, strip_root
 from chasquid.courier.sts import StsCache
 from chasquid.dnsconfig import make_async_resolver
 from chasquid.errors import ChasquidError
 from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
 from chasquid.remoteports import smtp_port
+from chasquid.smtpwire import dot_stuff
 from chasquid.stspolicy import Policy
 from chasquid.telemetry.metrics import Counters
 from chasquid.tlsprofile import client_context
@@ -46,7 +46,6 @@ _LEVEL_LABEL = {
 }
 
 SSLContextFactory = Callable[[], ssl.SSLContext]
-Results = dict[str, DeliveryError | None]
 
 
 @dataclass(frozen=True)

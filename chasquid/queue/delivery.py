@@ -20,14 +20,20 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from chasquid.confdir.aliases import RecipientKind
-from chasquid.courier.base import Courier, DeliveryError
+from chasquid.courier.base import (
+    Courier,
+    DeliveryError,
+    LocalBatchCourier,
+    RemoteCourier,
+    Results,
+)
 from chasquid.courier.srs import forward_sender
 from chasquid.errors import ChasquidError
 from chasquid.normalize import split_addr
@@ -51,32 +57,6 @@ DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (60.0, 300.0, 600.0, 1200.0)
 
 #: The text a recipient removed by ``queue remove`` is failed with.
 REMOVED_MESSAGE = "removed from the queue by the administrator"
-
-#: What a courier that sends several recipients at once returns: one result
-#: per recipient (None for success), in order, or keyed by recipient address.
-BatchResult = Sequence[DeliveryError | None] | Mapping[str, DeliveryError | None]
-
-
-class LocalBatchCourier(Protocol):
-    """Delivers to several local recipients in one transaction (the LMTP courier)."""
-
-    async def deliver_many(self, sender: str, rcpts: Sequence[str], data: bytes) -> BatchResult:
-        """Deliver data to every rcpt; a DeliveryError raised applies to all of them."""
-        ...
-
-
-class RemoteCourier(Protocol):
-    """Delivers to remote recipients of one domain in one SMTP transaction (decision 10).
-
-    ``via`` is empty for EMAIL recipients (the domain's MX hosts are used) and
-    the alias's server list for FORWARD recipients (tried in order).
-    """
-
-    async def deliver_many(
-        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
-    ) -> BatchResult:
-        """Deliver data to every rcpt; a DeliveryError raised applies to all of them."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -219,7 +199,7 @@ class ItemRunner:
         remote = self.delivery.couriers.remote
         kind = "forward" if via else "email:remote"
 
-        def call(rcpts: Sequence[str]) -> Awaitable[BatchResult]:
+        def call(rcpts: Sequence[str]) -> Awaitable[Results]:
             return remote.deliver_many(sender, rcpts, self.item.data, via=via)
 
         await self._batch(indexes, call, kind)
@@ -227,15 +207,15 @@ class ItemRunner:
     async def _batch(
         self,
         indexes: list[int],
-        call: Callable[[Sequence[str]], Awaitable[BatchResult]],
+        call: Callable[[Sequence[str]], Awaitable[Results]],
         kind: str,
     ) -> None:
         rcpts = [self.item.rcpts[i].address for i in indexes]
         self.delivery.counters.inc(DELIVER_ATTEMPTS, kind, by=len(indexes))
         errors: list[DeliveryError | None]
         try:
-            result = await call(rcpts)
-            errors = _align(result, rcpts)
+            results = await call(rcpts)
+            errors = [results.get(r, _NO_RESULT) for r in rcpts]
         except DeliveryError as e:
             errors = [e] * len(indexes)
         except Exception as e:
@@ -295,20 +275,8 @@ class ItemRunner:
         await d.queue.remove(item.id)
 
 
-def _align(result: BatchResult, rcpts: Sequence[str]) -> list[DeliveryError | None]:
-    if isinstance(result, Mapping):
-        missing = DeliveryError(
-            "the courier returned no result for this recipient", permanent=False
-        )
-        return [result.get(r, missing) for r in rcpts]
-    errors = list(result)
-    if len(errors) != len(rcpts):
-        e = DeliveryError(
-            f"the courier returned {len(errors)} results for {len(rcpts)} recipients",
-            permanent=False,
-        )
-        return [e] * len(rcpts)
-    return errors
+#: A courier that leaves a recipient out of its results has a bug: retry that one later.
+_NO_RESULT = DeliveryError("the courier returned no result for this recipient", permanent=False)
 
 
 def _unexpected(item_id: str, to: str, e: Exception) -> DeliveryError:
@@ -435,9 +403,8 @@ class Delivery:
         await asyncio.gather(*tasks, return_exceptions=True)
         for runner in runners:
             await runner.settle_writes()
-        close = getattr(self.couriers.lmtp, "close", None)
-        if close is not None:
-            await close()
+        if self.couriers.lmtp is not None:
+            await self.couriers.lmtp.close()
 
 
 def start_delivery(

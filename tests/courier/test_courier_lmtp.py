@@ -12,7 +12,7 @@ import pytest
 from aiosmtpd.lmtp import LMTP
 
 from chasquid.courier.base import DeliveryError
-from chasquid.courier.lmtp import LMTPCourier, dot_stuff, parse_address
+from chasquid.courier.lmtp import LMTPCourier, parse_address
 
 
 class Handler:
@@ -289,16 +289,13 @@ def test_non_ascii_without_smtputf8(sockdir: Path) -> None:
     run("unix", sockdir, scenario, smtputf8=False)
 
 
-def test_parse_address_and_dot_stuff() -> None:
+def test_parse_address() -> None:
     assert parse_address("/run/dovecot/lmtp") == "/run/dovecot/lmtp"
     assert parse_address("127.0.0.1:24") == ("127.0.0.1", 24)
     assert parse_address("[::1]:2424") == ("::1", 2424)
     for bad in ("localhost", "host:", ":24", "host:99999", "host:x"):
         with pytest.raises(Exception, match="host:port"):
             parse_address(bad)
-    assert dot_stuff(b".a\nb\n.\n") == b"..a\r\nb\r\n..\r\n.\r\n"
-    assert dot_stuff(b"no end") == b"no end\r\n.\r\n"
-    assert dot_stuff(b"") == b".\r\n"
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -12,7 +12,7 @@ import pytest
 from helpers.programs import python_script
 
 from chasquid.courier.base import DeliveryError
-from chasquid.courier.mda import MDACourier, sanitize, substitute_args, to_crlf
+from chasquid.courier.mda import MDACourier, sanitize, substitute_args
 from chasquid.courier.pipe import PipeCourier
 
 DATA = b"Subject: hi\n\nline 1\r\nline 2\n\nlast"
@@ -178,12 +178,6 @@ def test_substitution_is_one_pass() -> None:
         "uxu",
     ]
     assert substitute_args(["%unknown%", "%from"], "s@a", "u@d") == ["%unknown%", "%from"]
-
-
-def test_to_crlf() -> None:
-    assert to_crlf(b"a\nb\r\nc\n") == b"a\r\nb\r\nc\r\n"
-    assert to_crlf(b"no newline") == b"no newline"
-    assert to_crlf(b"\n\n") == b"\r\n\r\n"
 
 
 def test_pipe_success_with_lf_stdin_and_split_words(tmp_path: Path) -> None:

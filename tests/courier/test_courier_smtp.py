@@ -14,8 +14,8 @@ import trustme
 from helpers.smtppeers import Handler, Net, raw_server, smtp_server
 
 from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.smtp import Results, SMTPCourier, Timeouts
+from chasquid.courier.base import DeliveryError, Results
+from chasquid.courier.smtp import SMTPCourier, Timeouts
 
 MSG = b"Subject: hi\n\nline one\n.leading dot\n..two dots\nlast"
 

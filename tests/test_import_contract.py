@@ -1,0 +1,76 @@
+"""The import contract of pyproject.toml: it covers every module and it catches a bad import."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
+DAEMON_PACKAGES = {"daemon", "smtpsrv", "queue", "courier", "telemetry"}
+SHARED_PACKAGES = {"confdir", "programs", "localrpc"}
+
+
+def contracts() -> list[dict[str, Any]]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    found: list[dict[str, Any]] = config["tool"]["importlinter"]["contracts"]
+    return found
+
+
+def test_every_module_of_chasquid_is_under_a_contract() -> None:
+    root = REPO / "chasquid"
+    packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
+    basics = {f"chasquid.{p.stem}" for p in root.glob("*.py") if p.stem != "__init__"}
+    # A new package must be placed on one side; a new basic module must be listed.
+    assert packages == DAEMON_PACKAGES | SHARED_PACKAGES
+    [layers] = [c for c in contracts() if c["type"] == "layers"]
+    assert set(layers["layers"]) == {f"chasquid.{p}" for p in DAEMON_PACKAGES}
+    shared, tools, only_basics = [c for c in contracts() if c["type"] == "forbidden"]
+    assert set(shared["source_modules"]) == basics | {f"chasquid.{p}" for p in SHARED_PACKAGES}
+    assert set(only_basics["source_modules"]) == basics
+    for contract in (shared, tools):
+        assert set(contract["forbidden_modules"]) == {f"chasquid.{p}" for p in DAEMON_PACKAGES}
+
+
+def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=tree,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def copy_tree(tmp_path: Path) -> Path:
+    tree = tmp_path / "repo"
+    tree.mkdir()
+    shutil.copy(REPO / "pyproject.toml", tree)
+    skip = shutil.ignore_patterns("__pycache__")
+    for package in ("chasquid", "chasquid_util", "smtp_check", "mda_lmtp"):
+        shutil.copytree(REPO / package, tree / package, ignore=skip)
+    return tree
+
+
+def test_lint_imports_fails_when_a_tool_reaches_the_queue_engine(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path)
+    assert lint_imports(tree).returncode == 0
+    with (tree / "chasquid_util" / "cli.py").open("a") as f:
+        f.write("\nimport chasquid.queue.delivery  # noqa\n")
+    result = lint_imports(tree)
+    assert result.returncode == 1
+    assert "chasquid_util.cli -> chasquid.queue.delivery" in result.stdout
+
+
+def test_lint_imports_fails_when_a_courier_imports_the_queue(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path)
+    with (tree / "chasquid" / "courier" / "mda.py").open("a") as f:
+        f.write("\nfrom chasquid.queue import item  # noqa\n")
+    result = lint_imports(tree)
+    assert result.returncode == 1
+    assert "chasquid.courier.mda -> chasquid.queue" in result.stdout
