@@ -22,18 +22,12 @@ from typing import TYPE_CHECKING
 
 from chasquid import __version__
 from chasquid.daemon import sdactivation
-from chasquid.daemon.listeners import (
-    MODES,
-    Listener,
-    ListenError,
-    ModeInfo,
-    bind_tcp,
-    plan_listeners,
-)
+from chasquid.daemon.listeners import Listener, ListenError, bind_tcp, plan_listeners
 from chasquid.daemon.mainlog import MainLog
 from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError, os_reason
 from chasquid.goquote import go_list, go_quote
+from chasquid.smtpsrv.server import Mode
 from chasquid.telemetry.metrics import ALIAS_HOOK_RESULTS, Counters
 
 if TYPE_CHECKING:
@@ -44,7 +38,7 @@ if TYPE_CHECKING:
     from chasquid.queue.delivery import Delivery
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
-    from chasquid.smtpsrv.server import Mode, ReceptionContext
+    from chasquid.smtpsrv.server import ReceptionContext
     from chasquid.telemetry.maillog import MailLog
 
 log = logging.getLogger("chasquid.daemon")
@@ -281,7 +275,7 @@ class Daemon:
         self.queue = await self._load_queue()
 
         inherited = self._inherited_sockets()
-        addresses = {m.key: tuple(getattr(config, m.key)) for m in MODES}
+        addresses = {m: getattr(config, m.config_key) for m in Mode}
         try:
             planned = plan_listeners(addresses, inherited)
         except ListenError as e:
@@ -468,7 +462,7 @@ class Daemon:
             bound.append(Listener(lst.mode, lst.address, sock, via_systemd=False))
         for lst in bound + [p for p in planned if p.via_systemd]:
             assert lst.sock is not None
-            server = await start_server(lst.sock, _smtpsrv_mode(lst.mode), ctx)
+            server = await start_server(lst.sock, lst.mode, ctx)
             self.servers.append(server)
             if lst.via_systemd:
                 log.info("Server listening on %s (%s, via systemd)", lst.address, lst.mode.display)
@@ -596,13 +590,3 @@ async def drain_sessions(ctx: ReceptionContext | None, grace: float) -> None:
     """Close idle sessions now; let those in a transaction finish it, for up to ``grace`` s."""
     if ctx is not None:
         await ctx.sessions.drain(grace)
-
-
-def _smtpsrv_mode(mode: ModeInfo) -> Mode:
-    from chasquid.smtpsrv.server import Mode
-
-    return {
-        "smtp": Mode.SMTP,
-        "submission": Mode.SUBMISSION,
-        "submission_tls": Mode.SUBMISSION_TLS,
-    }[mode.fd_name]

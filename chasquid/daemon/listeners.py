@@ -9,31 +9,17 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from chasquid.errors import ChasquidError, os_reason
+from chasquid.smtpsrv.server import Mode
+from chasquid.telemetry.maillog import format_client
 
 log = logging.getLogger(__name__)
 
 #: Backlog of self-opened listeners (the kernel caps it at somaxconn).
 BACKLOG = 1024
-
-
-@dataclass(frozen=True)
-class ModeInfo:
-    """What identifies one listening mode in the config, in systemd and in logs."""
-
-    key: str  # chasquid.conf key
-    fd_name: str  # systemd FileDescriptorName
-    display: str  # name in log lines and Received:
-
-
-SMTP = ModeInfo("smtp_address", "smtp", "SMTP")
-SUBMISSION = ModeInfo("submission_address", "submission", "submission")
-SUBMISSION_TLS = ModeInfo("submission_over_tls_address", "submission_tls", "submission+TLS")
-
-#: The modes, in the order listeners are resolved and started.
-MODES = (SMTP, SUBMISSION, SUBMISSION_TLS)
 
 
 class ListenError(ChasquidError):
@@ -44,23 +30,10 @@ class ListenError(ChasquidError):
 class Listener:
     """One socket to serve: its mode, what to call it in logs, and where it came from."""
 
-    mode: ModeInfo
+    mode: Mode
     address: str  # the configured string, or the local address of an inherited socket
     sock: socket.socket | None  # None until bound (configured addresses)
     via_systemd: bool
-
-
-def format_sockaddr(sockaddr: tuple[object, ...] | str) -> str:
-    """Render a socket address Go-style: ``1.2.3.4:25``, ``[::1]:25``; v4-mapped as plain v4."""
-    if isinstance(sockaddr, str):
-        return sockaddr
-    host = str(sockaddr[0])
-    port = sockaddr[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[len("::ffff:") :]
-    if ":" in host:
-        return f"[{host}]:{port}"
-    return f"{host}:{port}"
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -134,31 +107,32 @@ def _listen(
 class EmptyAddressError(ListenError):
     """A mode lists the empty string as an address."""
 
-    def __init__(self, mode: ModeInfo) -> None:
+    def __init__(self, mode: Mode) -> None:
         super().__init__(f"If you want to disable {mode.display}, remove it from the config")
         self.mode = mode
 
 
 def plan_listeners(
-    addresses: dict[str, tuple[str, ...]],
-    inherited: dict[str, list[socket.socket]],
+    addresses: Mapping[Mode, Sequence[str]],
+    inherited: Mapping[str, list[socket.socket]],
 ) -> list[Listener]:
     """Decide what to serve for each mode, in mode order; configured addresses are not bound yet.
 
-    ``addresses`` maps a mode's config key to its list. Logs the two warning
+    ``addresses`` are each mode's configured ones, ``inherited`` the sockets
+    systemd passed, by name. Logs the two warning
     lines for a mode without listeners; raises EmptyAddressError for ``""``
     and ListenError ``No address to listen on`` when no mode has any.
     """
     planned: list[Listener] = []
-    for mode in MODES:
+    for mode in Mode:
         count = 0
-        for addr in addresses.get(mode.key, ()):
+        for addr in addresses.get(mode, ()):
             if addr == "":
                 log.error("Invalid empty listening address for %s", mode.display)
                 raise EmptyAddressError(mode)
             if addr == "systemd":
-                for sock in inherited.get(mode.fd_name, []):
-                    local = format_sockaddr(sock.getsockname())
+                for sock in inherited.get(mode.systemd_name, []):
+                    local = format_client(sock.getsockname())
                     planned.append(Listener(mode, local, sock, via_systemd=True))
                     count += 1
             else:

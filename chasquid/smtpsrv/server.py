@@ -29,11 +29,22 @@ BACKLOG = 1024
 
 
 class Mode(enum.Enum):
-    """Listener modes (spec/10 §1.1); the value is the name used in ``Received:``."""
+    """A listening mode: what its sessions require, and its names everywhere it appears.
 
-    SMTP = "SMTP"
-    SUBMISSION = "submission"
-    SUBMISSION_TLS = "submission+TLS"
+    ``display`` is its name in log lines and ``Received:`` headers,
+    ``config_key`` the chasquid.conf key listing its addresses and
+    ``systemd_name`` the FileDescriptorName of its systemd socket. Members are
+    in the order listeners are planned and started.
+    """
+
+    SMTP = ("SMTP", "smtp_address", "smtp")
+    SUBMISSION = ("submission", "submission_address", "submission")
+    SUBMISSION_TLS = ("submission+TLS", "submission_over_tls_address", "submission_tls")
+
+    def __init__(self, display: str, config_key: str, systemd_name: str) -> None:
+        self.display = display
+        self.config_key = config_key
+        self.systemd_name = systemd_name
 
     @property
     def is_submission(self) -> bool:

@@ -682,7 +682,7 @@ class SMTPSession(SMTP):
                     esmtp=self.esmtp,
                     tls=self.tls,
                     authenticated=self.authenticated,
-                    mode_name=self.mode.value,
+                    mode_name=self.mode.display,
                     sender=sender,
                 ),
             )

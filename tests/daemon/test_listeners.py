@@ -12,10 +12,10 @@ from chasquid.daemon.listeners import (
     EmptyAddressError,
     ListenError,
     bind_tcp,
-    format_sockaddr,
     plan_listeners,
     split_host_port,
 )
+from chasquid.smtpsrv.server import Mode
 
 
 def test_split_host_port() -> None:
@@ -26,12 +26,6 @@ def test_split_host_port() -> None:
         split_host_port("localhost")
     with pytest.raises(ListenError, match="too many colons"):
         split_host_port("::1:25")
-
-
-def test_format_sockaddr() -> None:
-    assert format_sockaddr(("127.0.0.1", 25)) == "127.0.0.1:25"
-    assert format_sockaddr(("::1", 25, 0, 0)) == "[::1]:25"
-    assert format_sockaddr(("::ffff:10.0.0.1", 25, 0, 0)) == "10.0.0.1:25"
 
 
 def test_all_addresses_accepts_ipv4_and_ipv6() -> None:
@@ -63,9 +57,7 @@ def test_address_in_use() -> None:
 
 def test_plan_warns_for_modes_without_listeners(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    planned = plan_listeners(
-        {"smtp_address": ("127.0.0.1:1",), "submission_address": ("systemd",)}, {}
-    )
+    planned = plan_listeners({Mode.SMTP: ("127.0.0.1:1",), Mode.SUBMISSION: ("systemd",)}, {})
     assert [(p.mode.display, p.address) for p in planned] == [("SMTP", "127.0.0.1:1")]
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert msgs == [
@@ -80,7 +72,7 @@ def test_plan_uses_inherited_sockets() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        planned = plan_listeners({"submission_address": ("systemd",)}, {"submission": [s]})
+        planned = plan_listeners({Mode.SUBMISSION: ("systemd",)}, {"submission": [s]})
         assert len(planned) == 1
         assert planned[0].via_systemd
         assert planned[0].address == f"127.0.0.1:{s.getsockname()[1]}"
@@ -88,7 +80,7 @@ def test_plan_uses_inherited_sockets() -> None:
 
 def test_plan_empty_address_is_fatal(caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(EmptyAddressError, match="If you want to disable submission, remove it"):
-        plan_listeners({"smtp_address": (":25",), "submission_address": ("",)}, {})
+        plan_listeners({Mode.SMTP: (":25",), Mode.SUBMISSION: ("",)}, {})
     assert "Invalid empty listening address for submission" in caplog.text
 
 
