@@ -31,6 +31,7 @@ from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
 from chasquid.remoteports import smtp_port
 from chasquid.smtpwire import dot_stuff
 from chasquid.stspolicy import Policy
+from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 from chasquid.tlsprofile import client_context
 
@@ -294,7 +295,7 @@ class SMTPCourier:
             if self.sts is not None:
                 policy = await self.sts.get(domain)
                 if policy is not None:
-                    self.counters.inc("chasquid/smtpOut/sts/mode", policy.mode)
+                    self.counters.inc(metrics.SMTP_OUT_STS_MODES, policy.mode)
 
         results: Results = {}
         pending = list(rcpts)
@@ -414,17 +415,17 @@ class SMTPCourier:
             return session, level
         except (_TLSFailed, _Unverified, PeerError) as e:
             session.close()
-            self.counters.inc("chasquid/smtpOut/tlsCount", "tls:failed")
+            self.counters.inc(metrics.SMTP_OUT_TLS, "tls:failed")
             failure = e
         # Falling back to plain text is pointless when it would be refused anyway.
         info = self.domaininfo.get(domain)
         if info is not None and info.outgoing > SecLevel.PLAIN:
-            self.counters.inc("chasquid/smtpOut/securityLevelChecks", "fail")
+            self.counters.inc(metrics.SMTP_OUT_SECURITY_CHECKS, "fail")
             raise DeliveryError.temporary(
                 f"Security level check failed (level:PLAIN): STARTTLS failed: {failure}"
             )
         if policy is not None and policy.mode == "enforce":
-            self.counters.inc("chasquid/smtpOut/sts/security", "fail")
+            self.counters.inc(metrics.SMTP_OUT_STS_SECURITY, "fail")
             raise DeliveryError.temporary(
                 f"invalid security level (PLAIN) for STS policy: STARTTLS failed: {failure}"
             )
@@ -444,15 +445,15 @@ class SMTPCourier:
         addresses = await resolve_host(host, self._resolver_factory())
         session, level = await self._secure_session(host, domain, addresses, policy)
         try:
-            self.counters.inc("chasquid/smtpOut/tlsCount", _LEVEL_LABEL[level])
+            self.counters.inc(metrics.SMTP_OUT_TLS, _LEVEL_LABEL[level])
             # Called on the loop: the store is not thread-safe, and its writes are tiny.
             ok = self.domaininfo.outgoing_ok(domain, level)
-            self.counters.inc("chasquid/smtpOut/securityLevelChecks", "pass" if ok else "fail")
+            self.counters.inc(metrics.SMTP_OUT_SECURITY_CHECKS, "pass" if ok else "fail")
             if not ok:
                 raise DeliveryError.temporary(f"Security level check failed (level:{level.name})")
             if policy is not None and policy.mode == "enforce":
                 secure = level == SecLevel.TLS_SECURE
-                self.counters.inc("chasquid/smtpOut/sts/security", "pass" if secure else "fail")
+                self.counters.inc(metrics.SMTP_OUT_STS_SECURITY, "pass" if secure else "fail")
                 if not secure:
                     raise DeliveryError.temporary(
                         f"invalid security level ({level.name}) for STS policy"

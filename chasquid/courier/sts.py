@@ -38,6 +38,7 @@ from chasquid.stspolicy import (
     fetch_policy_text,
     parse_policy,
 )
+from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,6 @@ FETCH_TIMEOUT = 10.0
 REFRESH_TIMEOUT = 30.0
 REFRESH_INTERVAL = 600.0
 _PREFIX = "pol:"
-_CACHE_PREFIX = "chasquid/sts/cache/"
 
 
 def policy_to_json(policy: Policy) -> bytes:
@@ -153,33 +153,30 @@ class StsCache:
         self._fetch_timeout = fetch_timeout
         self._clock = clock
 
-    def _inc(self, name: str) -> None:
-        self.counters.inc(_CACHE_PREFIX + name)
-
     def _load(self, domain: str) -> Policy | None:
         path = self.path / cache_file_name(domain)
         try:
             mtime = path.stat().st_mtime
             if mtime <= self._clock():
-                self._inc("expired")
+                self.counters.inc(metrics.STS_CACHE_EXPIRED)
                 return None
             data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
             log.warning("reading STS cache %s: %s", path, e)
-            self._inc("ioErrors")
+            self.counters.inc(metrics.STS_CACHE_IO_ERRORS)
             return None
         try:
             policy = policy_from_json(data)
         except ValueError as e:
             log.warning("STS cache %s: %s", path, e)
-            self._inc("unmarshalErrors")
+            self.counters.inc(metrics.STS_CACHE_UNMARSHAL_ERRORS)
             return None
         try:
             policy.check()
         except StsError:
-            self._inc("invalid")
+            self.counters.inc(metrics.STS_CACHE_INVALID)
             return None
         return policy
 
@@ -188,7 +185,7 @@ class StsCache:
         try:
             data = policy_to_json(policy)
         except (TypeError, ValueError) as e:
-            self._inc("marshalErrors")
+            self.counters.inc(metrics.STS_CACHE_MARSHAL_ERRORS)
             log.warning("STS cache: cannot serialize the policy of %s: %s", domain, e)
             return
         try:
@@ -196,11 +193,11 @@ class StsCache:
             expires = self._clock() + policy.max_age
             os.utime(path, (expires, expires))
         except OSError as e:
-            self._inc("ioErrors")
+            self.counters.inc(metrics.STS_CACHE_IO_ERRORS)
             log.warning("writing STS cache %s: %s", path, e)
 
     async def _fetch(self, domain: str, timeout: float) -> Policy:
-        self._inc("fetches")
+        self.counters.inc(metrics.STS_CACHE_FETCHES)
         try:
             return await fetch_policy(
                 domain,
@@ -210,14 +207,14 @@ class StsCache:
                 timeout=timeout,
             )
         except StsError:
-            self._inc("failedFetch")
+            self.counters.inc(metrics.STS_CACHE_FAILED_FETCHES)
             raise
 
     async def get(self, domain: str) -> Policy | None:
         """The valid policy of domain from the cache or fetched now, or None (no policy)."""
         policy = self._load(domain)
         if policy is not None:
-            self._inc("hits")
+            self.counters.inc(metrics.STS_CACHE_HITS)
             return policy
         try:
             policy = await self._fetch(domain, self._fetch_timeout)
@@ -233,22 +230,22 @@ class StsCache:
         try:
             names = [p.name for p in self.path.iterdir() if p.name.startswith(_PREFIX)]
         except OSError as e:
-            self._inc("ioErrors")
+            self.counters.inc(metrics.STS_CACHE_IO_ERRORS)
             log.warning("listing STS cache %s: %s", self.path, e)
             return []
         return sorted(urllib.parse.unquote(n[len(_PREFIX) :]) for n in names)
 
     async def refresh(self, timeout: float = REFRESH_TIMEOUT) -> None:
         """Re-fetch every cached domain's policy; successes replace the entry."""
-        self._inc("refreshCycles")
+        self.counters.inc(metrics.STS_CACHE_REFRESH_CYCLES)
         for domain in self.domains():
             try:
                 policy = await self._fetch(domain, timeout)
             except StsError as e:
-                self._inc("refreshErrors")
+                self.counters.inc(metrics.STS_CACHE_REFRESH_ERRORS)
                 log.info("STS refresh of %s failed: %s", domain, e)
                 continue
-            self._inc("refreshes")
+            self.counters.inc(metrics.STS_CACHE_REFRESHES)
             await asyncio.to_thread(self._store, domain, policy)
 
     async def refresh_loop(self, interval: float = REFRESH_INTERVAL) -> None:

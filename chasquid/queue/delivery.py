@@ -40,6 +40,7 @@ from chasquid.normalize import split_addr
 from chasquid.queue.dsn import build_dsn, reporting_domain
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.queue import Queue, QueueError
+from chasquid.telemetry import metrics
 from chasquid.telemetry.maillog import MailLog
 from chasquid.telemetry.metrics import Counters
 
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chasquid.queue")
 
-DSN_QUEUED = "chasquid/queue/dsnQueued"
-DELIVER_ATTEMPTS = "chasquid/queue/deliverAttempts"
 
 #: spec/20 §4.7: the delay after an attempt is the first of these longer than
 #: the item's age, else the last one.
@@ -185,7 +184,7 @@ class ItemRunner:
 
     async def _single(self, i: int, courier: Courier, sender: str, kind: str) -> None:
         r = self.item.rcpts[i]
-        self.delivery.counters.inc(DELIVER_ATTEMPTS, kind)
+        self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind)
         try:
             await courier.deliver(sender, r.address, self.item.data)
             error: DeliveryError | None = None
@@ -211,7 +210,7 @@ class ItemRunner:
         kind: str,
     ) -> None:
         rcpts = [self.item.rcpts[i].address for i in indexes]
-        self.delivery.counters.inc(DELIVER_ATTEMPTS, kind, by=len(indexes))
+        self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind, by=len(indexes))
         errors: list[DeliveryError | None]
         try:
             results = await call(rcpts)
@@ -347,7 +346,7 @@ class Delivery:
         except QueueError as e:
             log.error("%s: failed to queue DSN: %s", item.id, e)
             return
-        self.counters.inc(DSN_QUEUED)
+        self.counters.inc(metrics.QUEUE_DSNS)
         log.info("%s: sent DSN %s", item.id, dsn_id)
 
     # --- administration.

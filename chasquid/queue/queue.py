@@ -18,12 +18,11 @@ from chasquid.errors import ChasquidError
 from chasquid.queue.ids import new_id
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.store import QueueStore, QueueStoreError, StoreOp
+from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 
 log = logging.getLogger("chasquid.queue")
 
-PUT_COUNT = "chasquid/queue/putCount"
-ITEMS_WRITTEN = "chasquid/queue/itemsWritten"
 
 DEFAULT_MAX_ITEMS = 200
 DEFAULT_GIVE_UP = 20 * 3600.0
@@ -115,7 +114,7 @@ class Queue:
         """
         if len(self._items) >= self.max_items:
             raise QueueError("Queue size too big, try again later")
-        self.counters.inc(PUT_COUNT)
+        self.counters.inc(metrics.QUEUE_PUTS)
 
         resolver = self._resolver_getter()
         to: list[str] = []
@@ -185,7 +184,7 @@ class Queue:
 
     async def _write(self, item: QueueItem, *, new: bool = False) -> None:
         await self._submit(StoreOp(item=item, new=new))
-        self.counters.inc(ITEMS_WRITTEN)
+        self.counters.inc(metrics.QUEUE_ITEMS_WRITTEN)
 
     async def _submit(self, op: StoreOp) -> None:
         """Hand a change to the flusher; return when it is on disk (raise its error)."""

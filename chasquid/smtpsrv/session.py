@@ -40,6 +40,7 @@ from chasquid.smtpsrv.dataread import BadLineEnding, DataReadError, read_data
 from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
 from chasquid.smtpsrv.registry import client_key
 from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
+from chasquid.telemetry import metrics
 from chasquid.telemetry.maillog import format_client
 
 log = logging.getLogger("chasquid.smtpsrv")
@@ -50,8 +51,6 @@ MAX_ERRORS = 3
 MAX_RCPTS = 101
 MAX_ADDR_LEN = 256
 HTTP_VERBS = frozenset({"GET", "POST", "CONNECT"})
-
-_P = "chasquid/smtpIn/"
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ class SMTPSession(SMTP):
     async def _send(self, code: int, text: str, *, may_defer: bool = False) -> None:
         lines = text.split("\n")
         out = [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
-        self.ctx.counters.inc(_P + "responseCodeCount", str(code))
+        self.ctx.counters.inc(metrics.SMTP_IN_RESPONSE_CODES, str(code))
         await self._write("\r\n".join(out), may_defer=may_defer)
 
     async def _write(self, reply: str, *, may_defer: bool = False) -> None:
@@ -305,7 +304,7 @@ class SMTPSession(SMTP):
             self.client = (header.src_ip, header.src_port)
             self.client_ip = header.src_ip
         if refused_by := self._over_connection_limit():
-            self.ctx.counters.inc(_P + "connectionsRefused", refused_by)
+            self.ctx.counters.inc(metrics.SMTP_IN_CONNECTIONS_REFUSED, refused_by)
             log.info("SMTP.Conn %s: refused: over %s", self.tcp_peer, refused_by)
             await self._write("421 4.7.0 Too many connections, try again later")
             return
@@ -333,7 +332,7 @@ class SMTPSession(SMTP):
             verb = verb_b.decode("ascii", "replace").upper()
             params = params_b.decode("utf-8", "surrogateescape")
             if verb in HTTP_VERBS:
-                self.ctx.counters.inc(_P + "wrongProtoCount", verb)
+                self.ctx.counters.inc(metrics.SMTP_IN_WRONG_PROTOCOL, verb)
                 self._log_error("http command, closing connection")
                 await self._send(502, "5.7.0 This is an SMTP server, not a web server")
                 return
@@ -344,12 +343,12 @@ class SMTPSession(SMTP):
             method = self._smtp_methods.get(verb) if verb.isalpha() else None
             if method is None:
                 label = f'unknown<"{go_quote(verb[:6])[1:-1]}">'
-                self.ctx.counters.inc(_P + "commandCount", label)
+                self.ctx.counters.inc(metrics.SMTP_IN_COMMANDS, label)
                 if not await self._reply(label, Reply(500, "5.5.1 Unknown command")):
                     return
                 continue
             reply = await method(params)
-            self.ctx.counters.inc(_P + "commandCount", verb)
+            self.ctx.counters.inc(metrics.SMTP_IN_COMMANDS, verb)
             if reply is _CLOSE:
                 return
             if reply is not None and not await self._reply(verb, reply):
@@ -517,19 +516,19 @@ class SMTPSession(SMTP):
         spf_result: spfcheck.SPFResult | None = None
         if not self.authenticated and self.client_ip:
             spf_result = await spfcheck.check(self.client_ip, addr, raw_domain)
-            self.ctx.counters.inc(_P + "spfResultCount", spf_result.result)
+            self.ctx.counters.inc(metrics.SMTP_IN_SPF_RESULTS, spf_result.result)
             if spf_result.result == "fail":
                 self.ctx.maillog.rejected(self.client, addr, [], f"failed SPF: {spf_result.reason}")
                 return Reply(550, f"5.7.23 SPF check failed: {spf_result.reason}")
         if spf_result is None or spf_result.result != "pass":
-            self.ctx.counters.inc(_P + "securityLevelChecks", "skip")
+            self.ctx.counters.inc(metrics.SMTP_IN_SECURITY_CHECKS, "skip")
         else:
             level = SecLevel.TLS_CLIENT if self.tls else SecLevel.PLAIN
             # On the loop, not in a thread: DomainInfoStore is not thread-safe,
             # and the call only writes (one small fsync) when a domain's level
             # rises, which is rare; the courier calls it on the loop as well.
             ok = self.ctx.domaininfo.incoming_ok(raw_domain, level)
-            self.ctx.counters.inc(_P + "securityLevelChecks", "pass" if ok else "fail")
+            self.ctx.counters.inc(metrics.SMTP_IN_SECURITY_CHECKS, "pass" if ok else "fail")
             if not ok:
                 self.ctx.maillog.rejected(self.client, addr, [], "security level check failed")
                 return Reply(550, "5.7.3 Security level check failed")
@@ -622,7 +621,7 @@ class SMTPSession(SMTP):
         if not self.rcpts:
             return Reply(503, "5.5.1 Need an address to send to")
         await self._send(354, "Start mail input; end with <CRLF>.<CRLF>")
-        self.ctx.counters.inc(_P + "tlsCount", "tls" if self.tls else "plain")
+        self.ctx.counters.inc(metrics.SMTP_IN_TLS, "tls" if self.tls else "plain")
 
         def before_read() -> None:
             # RFC 5321's server timeout between reads, within the connection's lifetime.
@@ -666,7 +665,7 @@ class SMTPSession(SMTP):
             self._reject(text)
             return Reply(554, text)
         if received > self.ctx.max_received_headers:
-            self.ctx.counters.inc(_P + "loopsDetected")
+            self.ctx.counters.inc(metrics.SMTP_IN_LOOPS)
             text = f"5.4.6 Loop detected ({self.ctx.max_received_headers} hops)"
             self._reject(text)
             return Reply(554, text)
@@ -702,7 +701,7 @@ class SMTPSession(SMTP):
         message = b"".join(added) + data
 
         outcome = await self._run_hook(message)
-        self.ctx.counters.inc(_P + "hookResults", f"post-data:{outcome.result}")
+        self.ctx.counters.inc(metrics.SMTP_IN_HOOK_RESULTS, f"post-data:{outcome.result}")
         if outcome.reply_code:
             self._reject(outcome.reply_text)
             return Reply(outcome.reply_code, outcome.reply_text)

@@ -16,6 +16,7 @@ from helpers.smtppeers import Handler, Net, raw_server, smtp_server
 from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
 from chasquid.courier.base import DeliveryError, Results
 from chasquid.courier.smtp import SMTPCourier, Timeouts
+from chasquid.telemetry import metrics
 
 MSG = b"Subject: hi\n\nline one\n.leading dot\n..two dots\nlast"
 
@@ -63,8 +64,8 @@ def test_secure_delivery_records_level_and_sends_crlf_dot_stuffed_data(net: Net)
     assert msg.content == b"Subject: hi\r\n\r\nline one\r\n.leading dot\r\n..two dots\r\nlast\r\n"
     assert "BODY=8BITMIME" in msg.mail_options
     assert outgoing_level(info, "dest.test") == SecLevel.TLS_SECURE
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:secure") == 1
-    assert net.counters.get("chasquid/smtpOut/securityLevelChecks", "pass") == 1
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "tls:secure") == 1
+    assert net.counters.get(metrics.SMTP_OUT_SECURITY_CHECKS, "pass") == 1
 
 
 def test_one_transaction_for_all_recipients_of_a_domain(net: Net) -> None:
@@ -186,7 +187,7 @@ def test_untrusted_certificate_is_tls_insecure(net: Net) -> None:
     h = asyncio.run(run())
     assert [m.tls for m in h.received] == [True]
     assert outgoing_level(info, "dest.test") == SecLevel.TLS_INSECURE
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:insecure") == 1
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "tls:insecure") == 1
 
 
 def test_certificate_for_another_name_is_tls_insecure(net: Net) -> None:
@@ -220,7 +221,7 @@ def test_downgrade_refused_after_secure_delivery_until_cleared(net: Net) -> None
     assert "Security level check failed (level:PLAIN)" in refused.message
     assert allowed is None
     assert len(plain.received) == 1
-    assert net.counters.get("chasquid/smtpOut/securityLevelChecks", "fail") == 1
+    assert net.counters.get(metrics.SMTP_OUT_SECURITY_CHECKS, "fail") == 1
 
 
 async def _bad_tls_peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -260,8 +261,8 @@ def test_failed_handshake_retries_in_plain(net: Net) -> None:
             return await deliver(net.courier(), ["x@dest.test"])
 
     assert asyncio.run(run()) == {"x@dest.test": None}
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:failed") == 1
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "plain") == 1
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "tls:failed") == 1
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "plain") == 1
 
 
 def test_failed_handshake_not_retried_in_plain_for_a_tls_domain(net: Net) -> None:
@@ -276,7 +277,7 @@ def test_failed_handshake_not_retried_in_plain_for_a_tls_domain(net: Net) -> Non
     err = asyncio.run(run())
     assert err is not None and not err.permanent
     assert "Security level check failed (level:PLAIN)" in err.message
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "plain") == 0
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "plain") == 0
 
 
 def test_smtputf8_used_when_offered(net: Net) -> None:

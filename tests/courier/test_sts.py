@@ -14,6 +14,7 @@ from helpers.smtppeers import Handler, Net, http_response, https_server, smtp_se
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.sts import cache_file_name, fetch_policy, policy_from_json, policy_to_json
 from chasquid.stspolicy import Policy, StsError, mx_matches, parse_policy
+from chasquid.telemetry import metrics
 
 POLICY = "version: STSv1\nmode: enforce\nmx: mx1.dest.test\nmx: *.backup.test\nmax_age: 86400\n"
 
@@ -155,8 +156,8 @@ def test_cache_stores_durably_and_serves_hits(net: Net) -> None:
     assert json.loads(path.read_bytes())["max_age"] == 86400 * 10**9
     assert abs(path.stat().st_mtime - (time.time() + 86400)) < 60
     assert oct(path.stat().st_mode & 0o777) == oct(0o640)
-    assert net.counters.get("chasquid/sts/cache/fetches") == 1
-    assert net.counters.get("chasquid/sts/cache/hits") == 1
+    assert net.counters.get(metrics.STS_CACHE_FETCHES) == 1
+    assert net.counters.get(metrics.STS_CACHE_HITS) == 1
 
 
 def test_expired_entry_is_fetched_again(net: Net) -> None:
@@ -174,14 +175,14 @@ def test_expired_entry_is_fetched_again(net: Net) -> None:
 
     policy = asyncio.run(run())
     assert policy is not None and policy.mode == "testing"
-    assert net.counters.get("chasquid/sts/cache/expired") == 1
-    assert net.counters.get("chasquid/sts/cache/fetches") == 2
+    assert net.counters.get(metrics.STS_CACHE_EXPIRED) == 1
+    assert net.counters.get(metrics.STS_CACHE_FETCHES) == 2
 
 
 def test_no_policy_when_fetch_fails(net: Net) -> None:
     cache = net.sts_cache()
     assert asyncio.run(cache.get("nopolicy.test")) is None
-    assert net.counters.get("chasquid/sts/cache/failedFetch") == 1
+    assert net.counters.get(metrics.STS_CACHE_FAILED_FETCHES) == 1
     assert not (net.tmp / "sts-cache" / "pol:nopolicy.test").exists()
 
 
@@ -201,9 +202,9 @@ def test_refresh_updates_entries_and_keeps_them_on_failure(net: Net) -> None:
 
     asyncio.run(run())
     assert json.loads(path.read_bytes())["mode"] == "testing"
-    assert net.counters.get("chasquid/sts/cache/refreshCycles") == 2
-    assert net.counters.get("chasquid/sts/cache/refreshes") == 1
-    assert net.counters.get("chasquid/sts/cache/refreshErrors") == 1
+    assert net.counters.get(metrics.STS_CACHE_REFRESH_CYCLES) == 2
+    assert net.counters.get(metrics.STS_CACHE_REFRESHES) == 1
+    assert net.counters.get(metrics.STS_CACHE_REFRESH_ERRORS) == 1
 
 
 def _two_mx(net: Net) -> None:
@@ -238,8 +239,8 @@ def test_enforce_skips_hosts_outside_the_policy(net: Net) -> None:
     assert err is None
     assert mx0.mails == 0
     assert len(mx1.received) == 1
-    assert net.counters.get("chasquid/smtpOut/sts/mode", "enforce") == 1
-    assert net.counters.get("chasquid/smtpOut/sts/security", "pass") == 1
+    assert net.counters.get(metrics.SMTP_OUT_STS_MODES, "enforce") == 1
+    assert net.counters.get(metrics.SMTP_OUT_STS_SECURITY, "pass") == 1
 
 
 def test_enforce_requires_a_valid_certificate(net: Net) -> None:
@@ -247,14 +248,14 @@ def test_enforce_requires_a_valid_certificate(net: Net) -> None:
     assert err is not None and not err.permanent
     assert "invalid security level (TLS_INSECURE) for STS policy" in err.message
     assert mx0.mails == 0 and mx1.mails == 0
-    assert net.counters.get("chasquid/smtpOut/sts/security", "fail") == 1
+    assert net.counters.get(metrics.SMTP_OUT_STS_SECURITY, "fail") == 1
 
 
 def test_testing_mode_only_observes(net: Net) -> None:
     err, mx0, mx1 = _deliver_with_policy(net, POLICY.replace("enforce", "testing"))
     assert err is None
     assert len(mx0.received) == 1 and mx1.mails == 0
-    assert net.counters.get("chasquid/smtpOut/sts/mode", "testing") == 1
+    assert net.counters.get(metrics.SMTP_OUT_STS_MODES, "testing") == 1
 
 
 def test_via_servers_ignore_the_policy(net: Net) -> None:

@@ -29,6 +29,7 @@ from chasquid.queue import (
 )
 from chasquid.queue.item import EPOCH, QueueFormatError, read_item
 from chasquid.queue.store import QueueStoreError, StoreOp
+from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
@@ -260,8 +261,8 @@ def test_put_resolves_aliases_and_writes_durably(tmp_path: Path) -> None:
         ("b@example.com", RecipientKind.EMAIL, RecipientStatus.PENDING, "b@example.com", ()),
     ]
     assert QueueStore(tmp_path / "queue").load() == [item]
-    assert counters.get("chasquid/queue/putCount") == 1
-    assert counters.get("chasquid/queue/itemsWritten") == 1
+    assert counters.get(metrics.QUEUE_PUTS) == 1
+    assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 1
 
 
 def test_put_alias_error_writes_nothing(tmp_path: Path) -> None:
@@ -271,8 +272,8 @@ def test_put_alias_error_writes_nothing(tmp_path: Path) -> None:
     assert str(exc.value) == 'error resolving aliases for "broken@example.com": exit status 1'
     assert len(queue) == 0
     assert os.listdir(tmp_path / "queue") == []
-    assert counters.get("chasquid/queue/putCount") == 1
-    assert counters.get("chasquid/queue/itemsWritten") == 0
+    assert counters.get(metrics.QUEUE_PUTS) == 1
+    assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 0
 
 
 def test_put_refuses_when_queue_is_full(tmp_path: Path) -> None:
@@ -287,7 +288,7 @@ def test_put_refuses_when_queue_is_full(tmp_path: Path) -> None:
     asyncio.run(fill())
     assert len(queue) == 2
     # The refused put is not counted: putCount counts puts past the size check.
-    assert counters.get("chasquid/queue/putCount") == 2
+    assert counters.get(metrics.QUEUE_PUTS) == 2
 
 
 def test_put_write_failure_is_reported(tmp_path: Path) -> None:
@@ -333,7 +334,7 @@ def test_update_rewrites_and_remove_deletes(tmp_path: Path) -> None:
         assert await queue.update(failed)
         assert queue.get(item_id) == failed
         assert QueueStore(tmp_path / "queue").load() == [failed]
-        assert counters.get("chasquid/queue/itemsWritten") == 2
+        assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 2
         await queue.remove(item_id)
         assert queue.get(item_id) is None
         assert len(queue) == 0
@@ -425,7 +426,7 @@ def test_concurrent_puts_and_removes_all_land_on_disk(tmp_path: Path) -> None:
         on_disk = {item.id: item.data for item in QueueStore(tmp_path / "queue").load()}
         assert set(on_disk) == set(new_ids)
         assert sorted(on_disk.values()) == sorted(b"%d\n" % n for n in range(1, 40))
-        assert counters.get("chasquid/queue/itemsWritten") == 40
+        assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 40
 
     asyncio.run(run())
 
@@ -593,7 +594,7 @@ def test_concurrent_puts_are_written_together(tmp_path: Path) -> None:
     assert len(segments) == 1
     loaded = {i.id: i.data for i in QueueStore(tmp_path / "queue").load()}
     assert loaded == {item_id: b"%d\n" % n for n, item_id in enumerate(ids)}
-    assert counters.get("chasquid/queue/itemsWritten") == 20
+    assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 20
 
 
 def test_writes_are_acknowledged_before_the_removals_of_their_batch(tmp_path: Path) -> None:

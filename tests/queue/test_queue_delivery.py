@@ -19,8 +19,6 @@ from chasquid.courier.base import DeliveryError
 from chasquid.courier.mda import MDACourier
 from chasquid.courier.pipe import PipeCourier
 from chasquid.queue.delivery import (
-    DELIVER_ATTEMPTS,
-    DSN_QUEUED,
     Couriers,
     Delivery,
     next_delay,
@@ -29,6 +27,7 @@ from chasquid.queue.delivery import (
 )
 from chasquid.queue.queue import Queue
 from chasquid.queue.store import QueueStore
+from chasquid.telemetry import metrics
 from chasquid.telemetry.maillog import MailLog
 
 LOCAL = {"local.test", "ñandú.test"}
@@ -142,7 +141,7 @@ async def test_success_delivers_crlf_and_removes_item(tmp_path: Path) -> None:
     assert f"{item_id} from=a@local.test to=b@local.test sent" in log
     assert f"{item_id} from=a@local.test all done" in log
     assert env.queue_files() == []
-    assert env.queue.counters.get(DELIVER_ATTEMPTS, "email:local") == 1
+    assert env.queue.counters.get(metrics.QUEUE_DELIVERY_ATTEMPTS, "email:local") == 1
 
 
 @sync
@@ -156,7 +155,7 @@ async def test_item_delivered_at_once_is_written_only_when_queued(tmp_path: Path
     assert len(env.delivered()) == 2
     assert env.queue_files() == []
     # The put, then one rewrite for whichever recipient finished first.
-    assert env.queue.counters.get("chasquid/queue/itemsWritten") == 2
+    assert env.queue.counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 2
 
 
 @sync
@@ -220,7 +219,7 @@ async def test_permanent_failure_sends_dsn_to_sender(tmp_path: Path) -> None:
     assert f"{item_id} from=sender@local.test to=bad@local.test failed (permanent)" in log
     # The DSN is an item of its own, from <>.
     assert "from=<> to=sender@local.test sent" in log
-    assert env.queue.counters.get(DSN_QUEUED) == 1
+    assert env.queue.counters.get(metrics.QUEUE_DSNS) == 1
     assert env.queue_files() == []
 
 
@@ -231,7 +230,7 @@ async def test_no_dsn_for_null_sender(tmp_path: Path) -> None:
     await env.queue.put("<>", ["bad@local.test"], MESSAGE)
     await wait_empty(env)
     assert env.delivered() == []
-    assert env.queue.counters.get(DSN_QUEUED) == 0
+    assert env.queue.counters.get(metrics.QUEUE_DSNS) == 0
     assert env.log().count("all done") == 1
     assert env.queue_files() == []
 
@@ -292,7 +291,7 @@ async def test_pipe_gets_lf_data_and_failure_is_permanent(tmp_path: Path) -> Non
     await wait_empty(env)
     assert out.read_bytes() == MESSAGE
     assert "to=false failed (permanent): exit status 1" in env.log()
-    assert env.queue.counters.get(DELIVER_ATTEMPTS, "pipe") == 2
+    assert env.queue.counters.get(metrics.QUEUE_DELIVERY_ATTEMPTS, "pipe") == 2
 
 
 @sync
@@ -316,8 +315,8 @@ async def test_remote_recipients_grouped_by_domain_with_rewritten_sender(tmp_pat
             ("me@local.test", ("d@far.test",), ()),
         ]
     )
-    assert env.queue.counters.get(DELIVER_ATTEMPTS, "forward") == 1
-    assert env.queue.counters.get(DELIVER_ATTEMPTS, "email:remote") == 4
+    assert env.queue.counters.get(metrics.QUEUE_DELIVERY_ATTEMPTS, "forward") == 1
+    assert env.queue.counters.get(metrics.QUEUE_DELIVERY_ATTEMPTS, "email:remote") == 4
 
 
 @sync
@@ -457,4 +456,4 @@ async def test_local_recipients_of_an_item_share_one_lmtp_transaction(tmp_path: 
     log = env.log()
     assert f"{item_id} from=<> to=one@local.test sent" in log
     assert f"{item_id} from=<> to=bad@local.test failed (permanent): " in log
-    assert env.queue.counters.get(DELIVER_ATTEMPTS, "email:local") == 3
+    assert env.queue.counters.get(metrics.QUEUE_DELIVERY_ATTEMPTS, "email:local") == 3

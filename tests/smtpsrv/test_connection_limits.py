@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from helpers.reception import Running
 
+from chasquid.telemetry import metrics
+
 MakeServer = Callable[..., Running]
 REFUSED = b"421 4.7.0 Too many connections, try again later\r\n"
 
@@ -49,7 +51,7 @@ def _open(conns: list[Conn], port: int, source: str = "127.0.0.1") -> Conn:
 
 
 def _refusals(srv: Running, key: str) -> int:
-    return srv.ctx.counters.get("chasquid/smtpIn/connectionsRefused", key)
+    return srv.ctx.counters.get(metrics.SMTP_IN_CONNECTIONS_REFUSED, key)
 
 
 def test_per_client_limit(make_server: MakeServer, conns: list[Conn]) -> None:

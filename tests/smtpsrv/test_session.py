@@ -13,6 +13,7 @@ from helpers.rawclient import RawClient
 from helpers.reception import HOSTNAME, PASSWORD, Running
 
 from chasquid.smtpsrv.server import Mode
+from chasquid.telemetry import metrics
 
 MakeServer = Callable[..., Running]
 
@@ -114,7 +115,7 @@ def test_http_verbs_close(srv: Running, conn: RawClient, verb: str) -> None:
     assert conn.cmd("NOOP").startswith("250")
     assert conn.cmd(verb).startswith("502 5.7.0")
     assert conn.closed()
-    assert srv.ctx.counters.get("chasquid/smtpIn/wrongProtoCount", verb.split()[0]) == 1
+    assert srv.ctx.counters.get(metrics.SMTP_IN_WRONG_PROTOCOL, verb.split()[0]) == 1
 
 
 def test_line_length_limit(conn: RawClient) -> None:
