@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chasquid.courier.lmtp import dot_stuff
+from chasquid.smtpwire import dot_stuff
 from mda_lmtp.deliver import (
     DataEncoder,
     DeliveryFailure,
