@@ -1,11 +1,11 @@
 """The daemon's counters: every one declared once here, with its name, label and help text.
 
-Names are chasquid's expvar names (``chasquid/smtpIn/commandCount``), so
-dashboards built for chasquid keep working. A counter is either plain (one
-number) or labelled (one number per label value: ``label`` says what the
-values are). ``CATALOGUE`` lists them all in declaration order, for a
-monitoring page or exporter to publish as is; ``Counters`` holds the values
-of one running daemon.
+Names, label names and help texts are chasquid's (``chasquid/smtpIn/commandCount``,
+label ``command``), so dashboards built for chasquid keep working. A counter
+is either plain (one number) or a map with one number per value of its label
+(``label`` is the label's name in /metrics). ``CATALOGUE`` lists them all in
+declaration order, for the monitoring server to publish as is; ``Counters``
+holds the values of one running daemon.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Counter:
-    """One counter of the catalogue; ``label`` is None for a plain counter."""
+    """One counter of the catalogue; ``label`` (the map's label name) is None for a plain one."""
 
     name: str
     help: str
@@ -37,109 +37,97 @@ def _declare(name: str, help: str, label: str | None = None) -> Counter:
 
 # --- reception (chasquid.smtpsrv).
 SMTP_IN_COMMANDS = _declare(
-    "chasquid/smtpIn/commandCount",
-    "SMTP commands received; unknown ones as unknown<VERB>",
-    label="command",
+    "chasquid/smtpIn/commandCount", "count of SMTP commands received, by command", "command"
 )
 SMTP_IN_RESPONSE_CODES = _declare(
-    "chasquid/smtpIn/responseCodeCount", "Replies sent to SMTP clients", label="reply code"
+    "chasquid/smtpIn/responseCodeCount", "response codes returned to SMTP commands", "code"
 )
 SMTP_IN_WRONG_PROTOCOL = _declare(
-    "chasquid/smtpIn/wrongProtoCount",
-    "Connections closed for speaking another protocol (HTTP)",
-    label="command",
+    "chasquid/smtpIn/wrongProtoCount", "count of commands for other protocols", "command"
 )
-SMTP_IN_SPF_RESULTS = _declare(
-    "chasquid/smtpIn/spfResultCount", "SPF results of incoming mail", label="SPF result"
-)
+SMTP_IN_SPF_RESULTS = _declare("chasquid/smtpIn/spfResultCount", "SPF result count", "result")
 SMTP_IN_SECURITY_CHECKS = _declare(
-    "chasquid/smtpIn/securityLevelChecks",
-    "Checks of a sending domain's security level against the one on record",
-    label="pass, fail or skip",
+    "chasquid/smtpIn/securityLevelChecks", "incoming security level check results", "result"
 )
 SMTP_IN_TLS = _declare(
-    "chasquid/smtpIn/tlsCount", "Messages received, by transport", label="tls or plain"
+    "chasquid/smtpIn/tlsCount", "count of TLS usage in incoming connections", "status"
 )
-SMTP_IN_LOOPS = _declare(
-    "chasquid/smtpIn/loopsDetected", "Messages refused for carrying too many Received: headers"
-)
+SMTP_IN_LOOPS = _declare("chasquid/smtpIn/loopsDetected", "count of loops detected")
 SMTP_IN_CONNECTIONS_REFUSED = _declare(
     "chasquid/smtpIn/connectionsRefused",
     "count of connections refused for going over a connection limit, by limit",
     "limit",
 )
 SMTP_IN_HOOK_RESULTS = _declare(
-    "chasquid/smtpIn/hookResults",
-    "Outcomes of the post-data hook",
-    label="post-data:skip, fail, badoutput or success",
+    "chasquid/smtpIn/hookResults", "count of hook invocations, by result", "result"
 )
 
-# --- aliases (the resolver of chasquid.confdir, counted by the daemon).
+# --- aliases (the resolver of chasquid.confdir reports, the daemon counts).
 ALIAS_HOOK_RESULTS = _declare(
-    "chasquid/aliases/hookResults",
-    "Outcomes of the alias-resolve hook",
-    label="resolve:notset, skip, success, fail or parse_err",
+    "chasquid/aliases/hookResults", "count of aliases hook results, by hook and result", "result"
 )
 
 # --- the queue (chasquid.queue).
-QUEUE_PUTS = _declare("chasquid/queue/putCount", "Messages accepted into the queue")
+QUEUE_PUTS = _declare(
+    "chasquid/queue/putCount", "count of envelopes attempted to be put in the queue"
+)
 QUEUE_ITEMS_WRITTEN = _declare(
-    "chasquid/queue/itemsWritten", "Queue item files written (new items and updates)"
+    "chasquid/queue/itemsWritten", "count of items the queue wrote to disk"
 )
 QUEUE_DELIVERY_ATTEMPTS = _declare(
     "chasquid/queue/deliverAttempts",
-    "Delivery attempts, one per recipient",
-    label="pipe, forward, email:local or email:remote",
+    "attempts to deliver mail, by recipient type",
+    "recipient_type",
 )
-QUEUE_DSNS = _declare("chasquid/queue/dsnQueued", "Delivery status notifications queued")
+QUEUE_DSNS = _declare("chasquid/queue/dsnQueued", "count of DSNs that we generated (queued)")
 
 # --- remote delivery (chasquid.courier.smtp).
 SMTP_OUT_TLS = _declare(
-    "chasquid/smtpOut/tlsCount",
-    "Outgoing SMTP sessions, by security reached",
-    label="plain, tls:insecure, tls:secure or tls:failed",
+    "chasquid/smtpOut/tlsCount", "count of TLS status on outgoing connections", "result"
 )
 SMTP_OUT_SECURITY_CHECKS = _declare(
     "chasquid/smtpOut/securityLevelChecks",
-    "Checks of a destination's security level against the one on record",
-    label="pass or fail",
+    "count of security level checks on outgoing connections",
+    "result",
 )
 SMTP_OUT_STS_MODES = _declare(
-    "chasquid/smtpOut/sts/mode", "Deliveries under an MTA-STS policy", label="policy mode"
+    "chasquid/smtpOut/sts/mode", "count of STS checks on outgoing connections", "mode"
 )
 SMTP_OUT_STS_SECURITY = _declare(
     "chasquid/smtpOut/sts/security",
-    "Sessions checked against an enforced MTA-STS policy",
-    label="pass or fail",
+    "count of STS security checks on outgoing connections",
+    "result",
 )
 
 # --- the MTA-STS policy cache (chasquid.courier.sts).
-STS_CACHE_FETCHES = _declare("chasquid/sts/cache/fetches", "MTA-STS policies fetched")
-STS_CACHE_FAILED_FETCHES = _declare(
-    "chasquid/sts/cache/failedFetch", "MTA-STS policy fetches that failed"
+STS_CACHE_FETCHES = _declare(
+    "chasquid/sts/cache/fetches", "count of total fetches in the STS cache"
 )
-STS_CACHE_HITS = _declare("chasquid/sts/cache/hits", "MTA-STS policies found in the cache")
+STS_CACHE_HITS = _declare("chasquid/sts/cache/hits", "count of hits in the STS cache")
 STS_CACHE_EXPIRED = _declare(
-    "chasquid/sts/cache/expired", "MTA-STS policies found in the cache but expired"
-)
-STS_CACHE_INVALID = _declare(
-    "chasquid/sts/cache/invalid", "Cached MTA-STS policies that were not valid"
+    "chasquid/sts/cache/expired", "count of expired entries in the STS cache"
 )
 STS_CACHE_IO_ERRORS = _declare(
-    "chasquid/sts/cache/ioErrors", "Errors reading or writing the MTA-STS cache"
+    "chasquid/sts/cache/ioErrors", "count of I/O errors when maintaining STS cache"
 )
-STS_CACHE_UNMARSHAL_ERRORS = _declare(
-    "chasquid/sts/cache/unmarshalErrors", "Cache files that could not be parsed"
+STS_CACHE_FAILED_FETCHES = _declare(
+    "chasquid/sts/cache/failedFetch", "count of failed fetches in the STS cache"
+)
+STS_CACHE_INVALID = _declare(
+    "chasquid/sts/cache/invalid", "count of invalid policies in the STS cache"
 )
 STS_CACHE_MARSHAL_ERRORS = _declare(
-    "chasquid/sts/cache/marshalErrors", "Policies that could not be written to the cache"
+    "chasquid/sts/cache/marshalErrors", "count of marshalling errors when maintaining STS cache"
+)
+STS_CACHE_UNMARSHAL_ERRORS = _declare(
+    "chasquid/sts/cache/unmarshalErrors", "count of unmarshalling errors in STS cache"
 )
 STS_CACHE_REFRESH_CYCLES = _declare(
-    "chasquid/sts/cache/refreshCycles", "Background refreshes of the whole cache"
+    "chasquid/sts/cache/refreshCycles", "count of STS cache refresh cycles"
 )
-STS_CACHE_REFRESHES = _declare("chasquid/sts/cache/refreshes", "Cached MTA-STS policies refreshed")
+STS_CACHE_REFRESHES = _declare("chasquid/sts/cache/refreshes", "count of STS cache refreshes")
 STS_CACHE_REFRESH_ERRORS = _declare(
-    "chasquid/sts/cache/refreshErrors", "Cached MTA-STS policies that failed to refresh"
+    "chasquid/sts/cache/refreshErrors", "count of STS cache refresh errors"
 )
 
 #: Every counter, in declaration order.

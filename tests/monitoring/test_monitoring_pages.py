@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families as classic_f
 
 from chasquid.confdir.aliases import RecipientKind
 from chasquid.queue.item import QueuedRecipient, RecipientStatus
+from chasquid.telemetry import metrics
 from chasquid.telemetry.trace import Trace
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -353,17 +354,17 @@ def test_index_counts_the_queue(queued: Items, server: InProcess) -> None:
 
 def count(state: Feed) -> None:
     c = state.counters
-    c.inc("chasquid/queue/putCount", by=3)
-    c.inc("chasquid/smtpIn/commandCount", "EHLO")
-    c.inc("chasquid/smtpIn/commandCount", "DATA", by=2)
-    c.inc("chasquid/smtpIn/commandCount", 'unknown<"FOO">')
-    c.inc("chasquid/smtpIn/commandCount", "unknown<\udcff>")
-    c.inc("chasquid/queue/deliverAttempts", "email:local")
+    c.inc(metrics.QUEUE_PUTS, by=3)
+    c.inc(metrics.SMTP_IN_COMMANDS, "EHLO")
+    c.inc(metrics.SMTP_IN_COMMANDS, "DATA", by=2)
+    c.inc(metrics.SMTP_IN_COMMANDS, 'unknown<"FOO">')
+    c.inc(metrics.SMTP_IN_COMMANDS, "unknown<\udcff>")
+    c.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, "email:local")
 
 
 def test_vars(server: InProcess, state: Feed) -> None:
     count(state)
-    state.counters.inc("chasquid/undeclared/thing")
+    state.counters.inc(metrics.Counter("chasquid/undeclared/thing", ""))
     r = server.get("/debug/vars")
     assert r.headers["content-type"] == "application/json; charset=utf-8"
     lines = r.text.splitlines()
