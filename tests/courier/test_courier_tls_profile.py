@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from helpers.smtppeers import Handler, Net, smtp_server
 
+from chasquid.telemetry import metrics
 from chasquid.tlsprofile import CLIENT_FALLBACK_CIPHERS, INTERMEDIATE_CIPHERS
 
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}
@@ -80,7 +81,7 @@ def test_server_with_only_a_cbc_suite_still_gets_tls(net: Net) -> None:
     h = _deliver(net, tls)
     assert h.agreed == [("TLSv1.2", "ECDHE-ECDSA-AES256-SHA384")]
     assert h.received[0].tls
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:secure") == 1
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "tls:secure") == 1
 
 
 def test_server_with_only_tls_1_1_gets_plain_text(net: Net) -> None:
@@ -90,4 +91,4 @@ def test_server_with_only_tls_1_1_gets_plain_text(net: Net) -> None:
     h = _deliver(net, tls)
     assert h.agreed == []
     assert not h.received[0].tls
-    assert net.counters.get("chasquid/smtpOut/tlsCount", "tls:failed") == 1
+    assert net.counters.get(metrics.SMTP_OUT_TLS, "tls:failed") == 1
