@@ -36,6 +36,27 @@ def atomic_write(
     fsync_dir(Path(path).parent)
 
 
+def create_new(
+    path: str | os.PathLike[str],
+    data: bytes,
+    mode: int = 0o600,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Write a new file at path, complete or not at all; FileExistsError if path exists.
+
+    Like atomic_write, but the temporary file is hard-linked to its name,
+    which never replaces anything that is there (even if it appeared meanwhile).
+    """
+    target = Path(path)
+    tmp = _synced_temp(target, (data,), mode, owner)
+    try:
+        os.link(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_dir(target.parent)
+
+
 def write_synced_and_rename(
     path: str | os.PathLike[str],
     parts: Iterable[bytes],
@@ -49,8 +70,20 @@ def write_synced_and_rename(
     The parts (a header, a body) are written without being joined first.
     """
     target = Path(path)
-    directory = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    tmp = _synced_temp(target, parts, mode, owner)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _synced_temp(
+    target: Path, parts: Iterable[bytes], mode: int, owner: tuple[int, int] | None
+) -> str:
+    """A temporary file beside target holding parts, fsynced, with its final mode and owner."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         try:
             if mode != 0o600:  # mkstemp's own mode
@@ -62,11 +95,11 @@ def write_synced_and_rename(
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return tmp
 
 
 def _write_all(fd: int, parts: Iterable[bytes]) -> None:

@@ -12,7 +12,7 @@ import click
 
 from chasquid.confdir.config import ConfigError, system_hostname
 from chasquid.version import version_option
-from chasquid_util import daemonless, daemonrpc, queue_commands, render, users
+from chasquid_util import daemonless, daemonrpc, dkim_commands, queue_commands, render, users
 from chasquid_util.argv import normalize_argv
 from chasquid_util.completers import complete_domains, complete_new_user, complete_users
 from chasquid_util.errors import UtilError
@@ -88,7 +88,7 @@ def _get_password(password: str | None) -> str:
 @version_option(PROG_NAME)
 @click.pass_context
 def cli(ctx: click.Context, /, **_: Any) -> None:
-    """Administer chasquid: users, aliases, domaininfo and configuration.
+    """Administer chasquid: users, aliases, domaininfo, configuration and DKIM keys.
 
     Options may be given before or after the command; values may be attached
     with "=" (-C=/etc/chasquid) or follow as the next word.
@@ -288,6 +288,8 @@ def init(
 
 
 cli.add_command(queue_commands.queue)
+for _command in dkim_commands.COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,13 +1,20 @@
-"""Dynamic shell completion of chasquid-util arguments: users and domains of the config dir."""
+"""Dynamic shell completion of chasquid-util arguments: users, domains and DKIM selectors."""
 
 from __future__ import annotations
 
 import click
 from click.shell_completion import CompletionItem
 
+from chasquid.confdir.dkimkeys import key_files
 from chasquid.errors import ChasquidError
+from chasquid_util.errors import UtilError
 from chasquid_util.options import resolve_config_dir as config_dir_of
-from chasquid_util.users import list_users, local_domains
+from chasquid_util.users import (
+    find_domain_dir,
+    list_users,
+    local_domains,
+    require_config_dir,
+)
 
 
 def complete_users(
@@ -42,3 +49,18 @@ def complete_new_user(
         for d in local_domains(config_dir_of(ctx))
         if d.startswith(partial)
     ]
+
+
+def complete_selectors(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """Selectors of the key files of the domain given before (the DKIM commands)."""
+    domain = ctx.params.get("domain")
+    if not domain:
+        return []
+    try:
+        directory = find_domain_dir(require_config_dir(config_dir_of(ctx)), domain)
+        found = key_files(directory)
+    except (UtilError, OSError):
+        return []
+    return [CompletionItem(s) for s, _ in found if s.startswith(incomplete)]
