@@ -16,15 +16,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chasquid.confdir import dkimkeys
 from chasquid.confdir.dkimkeys import DKIMKey, DKIMKeyError
 from chasquid.errors import os_reason
 from chasquid.fileio import create_new
-from chasquid.mailauth import authres, dkimsign, dkimverify
 from chasquid.normalize import NormalizationError, normalize_domain
 from chasquid_util.errors import UtilError
 from chasquid_util.users import check_domain, find_domain_dir, require_config_dir
+
+if TYPE_CHECKING:
+    from chasquid.mailauth.dkimverify import Verification
 
 #: Key files hold a private key: readable by their owner only.
 KEY_MODE = 0o600
@@ -160,6 +163,8 @@ def from_domain(message: bytes) -> str:
 
 def sign(message: bytes, key: DKIMKey, trace: Callable[[str], None]) -> bytes:
     """The `DKIM-Signature:` field for message (CRLF line ends), as a verifier expects it."""
+    from chasquid.mailauth import dkimsign  # dkimpy and dnspython: only for these commands
+
     trace(f"Signing for {key.signing_domain} / {key.selector} with {key.algorithm.value}")
     try:
         (field,) = dkimsign.sign(to_lf(message), [key], linesep=b"\r\n")
@@ -168,8 +173,10 @@ def sign(message: bytes, key: DKIMKey, trace: Callable[[str], None]) -> bytes:
     return field
 
 
-async def verify(message: bytes, txt: str | None) -> dkimverify.Verification:
+async def verify(message: bytes, txt: str | None) -> Verification:
     """Verify message's signatures; keys from DNS, or every look-up answered with txt."""
+    from chasquid.mailauth import dkimverify
+
     lookup = dkimverify.fixed_lookup([txt.encode()]) if txt is not None else None
     result = await dkimverify.verify(to_lf(message), lookup=lookup)
     if result.error is not None:
@@ -177,8 +184,10 @@ async def verify(message: bytes, txt: str | None) -> dkimverify.Verification:
     return result
 
 
-def results_field(hostname: str, result: dkimverify.Verification) -> str:
+def results_field(hostname: str, result: Verification) -> str:
     """`Authentication-Results:` for the results, CRLF line ends and TAB-indented continuations."""
+    from chasquid.mailauth import authres
+
     value = authres.value(hostname, None, result.lines())
     assert value is not None  # lines() is never empty without an error
     return f"{authres.NAME}: " + value.replace("\n", "\r\n\t") + "\r\n"

@@ -81,9 +81,9 @@ def sign(
 ) -> list[bytes]:
     """`DKIM-Signature:` fields for message (LF line ends), one per key, in key order.
 
-    Each field ends with `linesep`, its continuation lines too. The caller
-    prepends them in reverse order, so the first key's signature ends up on
-    top. Raises SigningError.
+    Each field ends with `linesep`, its continuation lines too. Prepending
+    them one by one leaves the last key's signature on top, as chasquid does.
+    Raises SigningError.
     """
     if not keys:
         return []

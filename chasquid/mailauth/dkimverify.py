@@ -148,7 +148,7 @@ def dns_lookup(
         except dns.exception.Timeout:
             raise KeyLookupError("key look-up timed out", temporary=True) from None
         except dns.resolver.NoNameservers:
-            raise KeyLookupError("key look-up failed (SERVFAIL)", temporary=True) from None
+            raise KeyLookupError("key look-up failed (server failure)", temporary=True) from None
         except dns.exception.DNSException as e:
             raise KeyLookupError(f"key look-up failed: {e}", temporary=False) from None
         if answer.rrset is None:

@@ -75,12 +75,12 @@ def header_fields(section: bytes) -> list[list[bytes]]:
     return fields
 
 
-def _line_chunks(body: bytes) -> Iterator[bytes]:
+def _line_chunks(body: bytes, size: int) -> Iterator[bytes]:
     start, n = 0, len(body)
     while start < n:
-        end = body.rfind(b"\n", start, start + CHUNK)
+        end = body.rfind(b"\n", start, start + size)
         if end < 0:  # a line longer than a chunk
-            end = body.find(b"\n", start + CHUNK)
+            end = body.find(b"\n", start + size)
             if end < 0:
                 end = n - 1
         yield body[start : end + 1]
@@ -105,7 +105,9 @@ class BodyHash:
     length: int
 
 
-def body_hash(body: bytes, relaxed: bool, limit: int | None = None) -> BodyHash:
+def body_hash(
+    body: bytes, relaxed: bool, limit: int | None = None, *, chunk_size: int = CHUNK
+) -> BodyHash:
     """Canonicalize (relaxed or simple) and hash a body given with LF line ends.
 
     Trailing empty lines are dropped; a non-empty body ends with one CRLF; an
@@ -124,7 +126,7 @@ def body_hash(body: bytes, relaxed: bool, limit: int | None = None) -> BodyHash:
             hasher.update(data)
         length += len(data)
 
-    for chunk in _line_chunks(body):
+    for chunk in _line_chunks(body, chunk_size):
         if relaxed:
             chunk = _relaxed(chunk)
         text = chunk.rstrip(b"\n")

@@ -9,7 +9,8 @@ Names not in the zone get NXDOMAIN; known names without the asked type get an
 empty NOERROR answer.  Supported types: A, AAAA, MX (``(preference, host)``;
 host ``"."`` is a null MX), TXT (a string, or a list of strings for a
 multi-string record).  The pseudo-type ``"RCODE": ["SERVFAIL"]`` (or
-``REFUSED``, ...) answers every question for that name with that error code.
+``REFUSED``, ...) answers every question for that name with that error code;
+``"RCODE": ["NOREPLY"]`` never answers (a DNS timeout).
 The server listens on UDP and TCP on the same port; the zone is read at each
 query, so a test may change it while the server runs.
 """
@@ -28,7 +29,7 @@ from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
 Zone = Mapping[str, Mapping[str, Sequence[Any]]]
 
 
-def _answer(zone: Zone, request: DNSRecord, default_rcode: str = "NXDOMAIN") -> DNSRecord:
+def _answer(zone: Zone, request: DNSRecord, default_rcode: str = "NXDOMAIN") -> DNSRecord | None:
     reply = request.reply()
     qname = str(request.q.qname).rstrip(".").lower()
     qtype = QTYPE[request.q.qtype]
@@ -37,6 +38,8 @@ def _answer(zone: Zone, request: DNSRecord, default_rcode: str = "NXDOMAIN") -> 
         reply.header.rcode = getattr(RCODE, default_rcode)
         return reply
     if "RCODE" in records:
+        if str(records["RCODE"][0]).upper() == "NOREPLY":
+            return None
         reply.header.rcode = getattr(RCODE, str(records["RCODE"][0]).upper())
         return reply
     for value in records.get(qtype, ()):
@@ -55,8 +58,10 @@ def _answer(zone: Zone, request: DNSRecord, default_rcode: str = "NXDOMAIN") -> 
 
 
 @contextmanager
-def dns_server(zone: Zone, default_rcode: str = "NXDOMAIN") -> Iterator[str]:
-    """Serve ``zone`` while the context is open; yields ``host:port``.
+def dns_server(
+    zone: Zone, default_rcode: str = "NXDOMAIN", host: str = "127.0.0.1", port: int = 0
+) -> Iterator[str]:
+    """Serve ``zone`` on UDP ``host:port`` while the context is open; yields ``host:port``.
 
     Names missing from the zone get ``default_rcode``.
     """
@@ -68,15 +73,17 @@ def dns_server(zone: Zone, default_rcode: str = "NXDOMAIN") -> Iterator[str]:
                 request = DNSRecord.parse(data)
             except Exception:
                 return
-            sock.sendto(_answer(zone, request, default_rcode).pack(), self.client_address)
+            reply = _answer(zone, request, default_rcode)
+            if reply is not None:
+                sock.sendto(reply.pack(), self.client_address)
 
-    server = socketserver.ThreadingUDPServer(("127.0.0.1", 0), Handler)
+    server = socketserver.ThreadingUDPServer((host, port), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
-        host, port = server.server_address[:2]
-        yield f"{host!s}:{port}"
+        bound_host, bound_port = server.server_address[:2]
+        yield f"{bound_host!s}:{bound_port}"
     finally:
         server.shutdown()
         server.server_close()
