@@ -12,7 +12,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 DAEMON_PACKAGES = {"daemon", "monitoring", "smtpsrv", "queue", "courier", "telemetry"}
-SHARED_PACKAGES = {"confdir", "programs", "localrpc"}
+SHARED_PACKAGES = {"confdir", "programs", "localrpc", "mailauth"}
 
 
 def contracts() -> list[dict[str, Any]]:
