@@ -17,7 +17,7 @@ import binascii
 import enum
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -178,22 +178,6 @@ def load_domain_keys(domain: str, directory: Path) -> tuple[DKIMKey, ...]:
     except OSError as e:
         raise DKIMKeyError(f"{directory}: {os_reason(e)}") from None
     return tuple(load_key(path, domain, selector) for selector, path in files)
-
-
-def load_keys(domain_dirs: Iterable[tuple[str, Path]]) -> DKIMKeys:
-    """The keys of every (normalized domain, directory) pair; DKIMKeyError at the first bad file.
-
-    The error message starts with the domain, as the start-up log lines do.
-    """
-    found: dict[str, tuple[DKIMKey, ...]] = {}
-    for domain, directory in domain_dirs:
-        try:
-            keys = load_domain_keys(domain, directory)
-        except DKIMKeyError as e:
-            raise DKIMKeyError(f"{domain}: DKIM loading error: {e}") from None
-        if keys:
-            found[domain] = found.get(domain, ()) + keys
-    return DKIMKeys(MappingProxyType(found))
 
 
 # ---- parsing -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from chasquid.confdir.aliases import (
     UserFallback,
     load_aliases,
 )
+from chasquid.confdir.dkimkeys import DKIMKey, DKIMKeyError, DKIMKeys, load_domain_keys
 from chasquid.confdir.layout import ConfigDir
 from chasquid.confdir.userdb import UserDB, UserDBError
 from chasquid.errors import ChasquidError
@@ -36,17 +37,17 @@ LOCALHOST = "localhost"
 
 
 class DomainsError(ChasquidError):
-    """The domains directory, or a domain's users or aliases file, could not be loaded."""
+    """The domains directory, or a domain's users, aliases or DKIM key file, could not be loaded."""
 
 
 @dataclass(frozen=True)
 class Domains:
-    """One consistent view of the local domains, their users and their aliases.
+    """One consistent view of the local domains, their users, aliases and DKIM keys.
 
     `local` includes `localhost`; `users` has one database per domain
     directory; `dirs` maps each normalized domain to its directory (named as
     on disk); `order` is the discovery order; `alias_counts` the number of
-    aliases per domain.
+    aliases per domain; `dkim` the signing keys.
     """
 
     users: Mapping[str, UserDB]
@@ -54,6 +55,7 @@ class Domains:
     dirs: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
     order: tuple[str, ...] = ()
     alias_counts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    dkim: DKIMKeys = field(default_factory=DKIMKeys)
 
     @property
     def local(self) -> frozenset[str]:
@@ -64,12 +66,11 @@ class Domains:
         """True if the domain of addr is empty or one of the local domains."""
         return self.resolver.is_local(addr)
 
-    def summary_lines(self, dkim_counts: Mapping[str, int] | None = None) -> list[str]:
+    def summary_lines(self) -> list[str]:
         """Per-domain start-up log lines: `  <domain> (<n> users, <n> aliases, <n> DKIM keys)`."""
-        dkim = dkim_counts or {}
         return [
             f"  {d} ({len(self.users[d])} users, {self.alias_counts.get(d, 0)} aliases, "
-            f"{dkim.get(d, 0)} DKIM keys)"
+            f"{len(self.dkim.for_domain(d))} DKIM keys)"
             for d in self.order
         ]
 
@@ -100,7 +101,7 @@ def discover(domains_dir: Path) -> list[tuple[str, Path]]:
 
 def _load_one(
     domain: str, directory: Path, drops: str, separators: str
-) -> tuple[UserDB, dict[str, tuple[Recipient, ...]]]:
+) -> tuple[UserDB, dict[str, tuple[Recipient, ...]], tuple[DKIMKey, ...]]:
     try:
         users = UserDB.load(directory / "users")
     except (UserDBError, OSError) as e:
@@ -109,7 +110,11 @@ def _load_one(
         aliases = load_aliases(directory / "aliases", domain, drops, separators)
     except (AliasError, OSError) as e:
         raise DomainsError(f"{domain}: aliases file error: {e}") from e
-    return users, aliases
+    try:
+        keys = load_domain_keys(domain, directory)
+    except DKIMKeyError as e:
+        raise DomainsError(f"{domain}: DKIM loading error: {e}") from e
+    return users, aliases, keys
 
 
 def _build(
@@ -119,11 +124,14 @@ def _build(
     users: dict[str, UserDB] = {}
     aliases: dict[str, tuple[Recipient, ...]] = {}
     counts: dict[str, int] = {}
+    keys: dict[str, tuple[DKIMKey, ...]] = {}
     for domain, directory in dirs:
-        db, table = _load_one(domain, directory, template.drops, template.separators)
+        db, table, domain_keys = _load_one(domain, directory, template.drops, template.separators)
         users[domain] = db
         aliases.update(table)
         counts[domain] = counts.get(domain, 0) + len(table)
+        if domain_keys:
+            keys[domain] = keys.get(domain, ()) + domain_keys
     local = frozenset(users) | {LOCALHOST}
     # The template carries everything but the loaded tables.
     resolver = replace(template, aliases=aliases, local_domains=local, users=users)
@@ -133,6 +141,7 @@ def _build(
         dirs=MappingProxyType(dict(dirs)),
         order=tuple(dict.fromkeys(d for d, _ in dirs)),
         alias_counts=MappingProxyType(counts),
+        dkim=DKIMKeys(MappingProxyType(keys)),
     )
 
 
@@ -162,7 +171,7 @@ def load_domains(
 
 
 def reload(previous: Domains) -> Domains:
-    """Re-read the users and aliases files of the same set of domains.
+    """Re-read the users, aliases and DKIM key files of the same set of domains.
 
     Raises DomainsError on any load error; the caller then keeps previous.
     """

@@ -268,7 +268,7 @@ class Daemon:
         # Said once, at start-up: settings of features not built yet do nothing.
         from chasquid.daemon.unused_config import unused_config
 
-        for warning in unused_config(config, self.domains.dirs.values()):
+        for warning in unused_config(config):
             log.warning("%s", warning)
         self.domaininfo = self._open_domaininfo()
         self._init_sts_cache()

@@ -174,19 +174,6 @@ def received_spf(result: str, reason: str) -> str:
     return f"{result} ({reason})"
 
 
-def authentication_results(
-    hostname: str, spf: tuple[str, str] | None, dkim_lines: tuple[str, ...] = ()
-) -> str | None:
-    """The value of ``Authentication-Results:``, or None when there is nothing to report."""
-    if spf is None and not dkim_lines:
-        return None
-    lines = [hostname]
-    if spf is not None:
-        lines.append(f";spf={spf[0]} ({spf[1]})")
-    lines.extend(dkim_lines)
-    return "\n".join(lines)
-
-
 def format_header(name: str, value: str) -> bytes:
     """``Name: value`` with continuation lines TAB-indented, LF-terminated (§10.1)."""
     value = value.removesuffix("\n")

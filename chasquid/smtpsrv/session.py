@@ -25,6 +25,7 @@ from aiosmtpd.smtp import SMTP
 from chasquid.confdir.aliases import AliasError
 from chasquid.confdir.domaininfo import SecLevel
 from chasquid.goquote import go_quote
+from chasquid.mailauth import authres
 from chasquid.normalize import (
     NormalizationError,
     normalize_domain,
@@ -32,7 +33,7 @@ from chasquid.normalize import (
     valid_hostname,
 )
 from chasquid.queue.queue import QueueError
-from chasquid.smtpsrv import auth, headers, posthook, senderpolicy
+from chasquid.smtpsrv import auth, dkimstep, headers, posthook, senderpolicy
 from chasquid.smtpsrv import spf as spfcheck
 from chasquid.smtpsrv.address import AddressError, first_token, has_control, parse_address
 from chasquid.smtpsrv.certs import SNI_ATTR
@@ -671,6 +672,18 @@ class SMTPSession(SMTP):
             return Reply(554, text)
 
         sender = self.mail_from or ""
+        signatures = b""
+        dkim_lines: list[str] = []
+        if self.authenticated:
+            keys = self.ctx.domains().dkim.for_domain(sender.rpartition("@")[2])
+            try:
+                signatures = await dkimstep.sign(data, keys, self.ctx.counters)
+            except dkimstep.SigningFailed:
+                return Reply(451, "4.3.0 DKIM signing failed")
+        else:
+            dkim_lines = await dkimstep.verify(data, self.ctx.counters)
+        # Filters downstream trust our authserv-id: a message must not bring one.
+        data = authres.remove_forged(data, (self.hostname_now, self.ctx.hostname))
         added = [
             headers.format_header(
                 "Received",
@@ -686,19 +699,15 @@ class SMTPSession(SMTP):
                 ),
             )
         ]
-        if not self.authenticated and self.spf is not None:
-            added.append(
-                headers.format_header(
-                    "Received-SPF", headers.received_spf(self.spf.result, self.spf.reason)
-                )
-            )
-            results = headers.authentication_results(
-                self.hostname_now, (self.spf.result, self.spf.reason)
-            )
+        if not self.authenticated:
+            spf = (self.spf.result, self.spf.reason) if self.spf is not None else None
+            if spf is not None:
+                added.append(headers.format_header("Received-SPF", headers.received_spf(*spf)))
+            results = authres.value(self.hostname_now, spf, dkim_lines)
             if results is not None:
-                added.append(headers.format_header("Authentication-Results", results))
+                added.append(headers.format_header(authres.NAME, results))
         added.reverse()
-        message = b"".join(added) + data
+        message = b"".join(added) + signatures + data
 
         outcome = await self._run_hook(message)
         self.ctx.counters.inc(metrics.SMTP_IN_HOOK_RESULTS, f"post-data:{outcome.result}")

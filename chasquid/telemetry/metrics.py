@@ -61,6 +61,25 @@ SMTP_IN_CONNECTIONS_REFUSED = _declare(
 SMTP_IN_HOOK_RESULTS = _declare(
     "chasquid/smtpIn/hookResults", "count of hook invocations, by result", "result"
 )
+# DKIM: messages signed (with every key of the sender's domain; none counted for
+# domains without keys) and signing failures; of incoming (unauthenticated)
+# messages, those with at least one signature, with none, with at least one valid,
+# and those whose header section could not be read for DKIM.
+DKIM_SIGNED = _declare("chasquid/smtpIn/dkimSigned", "count of successful DKIM signs")
+DKIM_SIGN_ERRORS = _declare("chasquid/smtpIn/dkimSignErrors", "count of DKIM sign errors")
+DKIM_VERIFY_FOUND = _declare(
+    "chasquid/smtpIn/dkimVerifyFound", "count of messages with at least one DKIM signature"
+)
+DKIM_VERIFY_NOT_FOUND = _declare(
+    "chasquid/smtpIn/dkimVerifyNotFound", "count of messages with no DKIM signatures"
+)
+DKIM_VERIFY_VALID = _declare(
+    "chasquid/smtpIn/dkimVerifyValid",
+    "count of messages with at least one valid DKIM signature",
+)
+DKIM_VERIFY_ERRORS = _declare(
+    "chasquid/smtpIn/dkimVerifyErrors", "count of DKIM verification errors"
+)
 
 # --- aliases (the resolver of chasquid.confdir reports, the daemon counts).
 ALIAS_HOOK_RESULTS = _declare(

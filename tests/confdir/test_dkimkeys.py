@@ -13,11 +13,12 @@ from helpers.dkimtest import pkcs8_pem, private_key, write_key
 
 from chasquid.confdir.dkimkeys import (
     DKIMKeyError,
+    DKIMKeys,
     KeyAlgorithm,
     dns_record_line,
     key_files,
+    load_domain_keys,
     load_key,
-    load_keys,
     txt_strings,
 )
 
@@ -130,21 +131,17 @@ def test_missing_file_and_bad_selector(tmp_path: Path) -> None:
         load_key(path, "example.com", "a b")
 
 
-def test_snapshot_of_every_domain(tmp_path: Path) -> None:
-    a, b, c = (tmp_path / n for n in ("a", "b", "c"))
-    for d in (a, b, c):
-        d.mkdir()
+def test_keys_of_a_domain_in_selector_order(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    a.mkdir()
     write_key(a, "a.com", "zz", "rsa")
     write_key(a, "a.com", "aa", "ed25519")
     (a / "dkim:.pem").write_text("no selector: ignored")
     (a / "users").write_text("")
-    write_key(b, "b.com", "s", "ed25519")
     assert [s for s, _ in key_files(a)] == ["aa", "zz"]
-    keys = load_keys([("a.com", a), ("b.com", b), ("c.com", c), ("d.com", tmp_path / "none")])
-    assert [k.selector for k in keys.for_domain("a.com")] == ["aa", "zz"]
-    assert keys.counts() == {"a.com": 2, "b.com": 1}
-    assert keys.for_domain("c.com") == ()
-
-    (b / "dkim:t.pem").write_text("garbage")
-    with pytest.raises(DKIMKeyError, match=r"^b\.com: DKIM loading error: .*dkim:t\.pem: error"):
-        load_keys([("a.com", a), ("b.com", b)])
+    keys = load_domain_keys("a.com", a)
+    assert [k.selector for k in keys] == ["aa", "zz"]
+    assert load_domain_keys("b.com", tmp_path / "missing") == ()
+    snapshot = DKIMKeys({"a.com": keys})
+    assert snapshot.counts() == {"a.com": 2}
+    assert snapshot.for_domain("c.com") == ()

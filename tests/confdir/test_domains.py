@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TypedDict, Unpack
 
 import pytest
+from helpers.dkimtest import write_key
 from helpers.programs import shell_script
 
 from chasquid.confdir.aliases import RcptStatus, Recipient
@@ -41,6 +42,8 @@ def cfg_dir(tmp_path: Path) -> Path:
     add_users(domains / "a.com", "ana", "bob")
     (domains / "a.com" / "aliases").write_text("# x\nsales: ana, bob\nin.fo: ana\ninfo: bob\n")
     (domains / "b.com" / "aliases").write_text("*: ana@a.com\n")
+    write_key(domains / "b.com", "b.com", "s2", "ed25519")
+    write_key(domains / "b.com", "b.com", "s1", "ed25519")
     return tmp_path
 
 
@@ -50,7 +53,8 @@ def test_discovery_counts_and_summary(cfg_dir: Path) -> None:
     assert d.order == ("a.com", "b.com", "ñaca")
     assert d.dirs["ñaca"] == cfg_dir / "domains" / "xn--aca-6ma"
     assert d.users["a.com"].exists("ana")
-    assert d.summary_lines({"b.com": 2}) == [
+    assert [k.selector for k in d.dkim.for_domain("b.com")] == ["s1", "s2"]
+    assert d.summary_lines() == [
         "  a.com (2 users, 2 aliases, 0 DKIM keys)",
         "  b.com (0 users, 1 aliases, 2 DKIM keys)",
         "  ñaca (0 users, 0 aliases, 0 DKIM keys)",
@@ -144,8 +148,26 @@ def test_reload_rereads_files_and_fails_cleanly(cfg_dir: Path) -> None:
     (a / "aliases").write_text("bad line\n")
     with pytest.raises(DomainsError, match=r"^a\.com: aliases file error: "):
         reload(d2)
+    (a / "aliases").write_text("")
     (a / "aliases").unlink()
     (a / "users").unlink()
     d3 = reload(d2)
     assert len(d3.users["a.com"]) == 0
     assert d3.alias_counts["a.com"] == 0
+
+
+def test_dkim_keys_load_and_reload_with_the_domains(cfg_dir: Path) -> None:
+    b = cfg_dir / "domains" / "b.com"
+    d = load_domains(cfg_dir, config())
+    assert len(d.dkim.for_domain("b.com")) == 2 and d.dkim.for_domain("a.com") == ()
+    new = write_key(cfg_dir / "domains" / "a.com", "a.com", "new", "rsa")
+    d2 = reload(d)
+    assert d2.dkim.for_domain("a.com") == (new,)
+    (b / "dkim:s3.pem").write_text("-----BEGIN RSA PRIVATE KEY-----\n")
+    with pytest.raises(DomainsError) as e:
+        reload(d2)
+    assert str(e.value) == (
+        f"b.com: DKIM loading error: {b / 'dkim:s3.pem'}: error decoding PEM block"
+    )
+    with pytest.raises(DomainsError, match=r"^b\.com: DKIM loading error: "):
+        load_domains(cfg_dir, config())

@@ -174,7 +174,6 @@ def test_settings_of_unbuilt_features_warn_once(
     s = chasquid_setup
     s.extra_conf += ['monitoring_address: "127.0.0.1:1099"', "dovecot_auth: true"]
     s.write_conf()
-    (s.config_dir / "domains" / s.domain / "dkim:sel1.pem").write_text("not used\n")
     d = chasquid_daemon()
     # The daemon runs: these settings are accepted, only said to do nothing.
     with socket.create_connection(("127.0.0.1", s.smtp_port), timeout=10) as c:
@@ -184,8 +183,6 @@ def test_settings_of_unbuilt_features_warn_once(
         'monitoring_address "127.0.0.1:1099" is ignored: this version has no monitoring server yet',
         "dovecot_auth is ignored: this version cannot ask Dovecot yet, so only the users in "
         "the domains' users files exist and can log in",
-        "DKIM keys are not used: this version does not sign mail with DKIM yet "
-        f"(domains/{s.domain}/dkim:sel1.pem)",
     ]
 
 

@@ -100,7 +100,10 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Running]]:
-    """Factory: start a server in ``mode`` with extra chasquid.conf text."""
+    """Factory: start a server in ``mode`` with extra chasquid.conf text.
+
+    ``prepare`` is called with the config dir before the domains are loaded.
+    """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -115,12 +118,15 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         lifetime: float = 20 * 60.0,
         aliases: dict[str, str] | None = None,
         data_idle_timeout: float = 5 * 60.0,
+        prepare: Callable[[Path], object] | None = None,
     ) -> Running:
         root = tmp_path
         _write_config(root, ca, conf)
         cdir = ConfigDir(root / "conf")
         for domain, text in (aliases or {}).items():
             cdir.aliases_file(domain).write_text(text)
+        if prepare is not None:  # e.g. DKIM keys, before the domains load
+            prepare(cdir.root)
         if hook is not None:
             executable(cdir.hooks / "post-data", hook)
         config = configmod.load(cdir.root)

@@ -151,7 +151,11 @@ def test_queue_file_exists_when_250_arrives(srv: Running, conn: RawClient) -> No
     assert f"{item_id} from=<> queued ip=127.0.0.1:" in srv.maillog_text()
     item = srv.ctx.queue.get(item_id)
     assert item is not None
-    assert item.data.startswith(b"Received: from client.example ([127.0.0.1])\n\tby ")
+    # Every unauthenticated message gets a DKIM result, even without SPF (null sender).
+    assert item.data.startswith(
+        f"Authentication-Results: {HOSTNAME}\n\t;dkim=none\n".encode()
+        + b"Received: from client.example ([127.0.0.1])\n\tby "
+    )
     assert b'(over SMTP, plain text!, envelope from "<>")' in item.data
     assert item.data.endswith(b"Subject: hi\n\nbody\n")
 
@@ -364,7 +368,7 @@ def test_spf_fail_and_pass(make_server: MakeServer, monkeypatch: pytest.MonkeyPa
         item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
         assert item is not None
         assert item.data.startswith(
-            f"Authentication-Results: {HOSTNAME}\n\t;spf=pass (matched ip)\n"
+            f"Authentication-Results: {HOSTNAME}\n\t;spf=pass (matched ip)\n\t;dkim=none\n"
             "Received-SPF: pass (matched ip)\nReceived: ".encode()
         )
         assert "failed SPF: matched all" in srv.maillog_text()
@@ -393,7 +397,9 @@ def test_post_data_hook(make_server: MakeServer) -> None:
     reply = deliver(c, "", "user@example.com", b"Subject: s\r\n\r\nb\r\n.\r\n")
     assert reply.startswith("250")
     item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
-    assert item is not None and item.data.startswith(b"X-Hook: yes\nReceived: ")
+    assert item is not None
+    assert item.data.startswith(b"X-Hook: yes\nAuthentication-Results: ")
+    assert b"\n\t;dkim=none\nReceived: " in item.data
     env = dict(
         line.split("=", 1)
         for line in (srv.root / "hook-env").read_text().splitlines()
