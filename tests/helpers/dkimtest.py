@@ -59,6 +59,13 @@ def write_key(domain_dir: Path, domain: str, selector: str, algo: str = "rsa") -
     return load_key(path, domain, selector)
 
 
+def write_keys(
+    directory: Path, domain: str, specs: Mapping[str, tuple[str, str]]
+) -> dict[str, DKIMKey]:
+    """Keys by name, from {name: (selector, algorithm)}, written in directory."""
+    return {name: write_key(directory, domain, sel, algo) for name, (sel, algo) in specs.items()}
+
+
 def zone_for(keys: Sequence[DKIMKey]) -> dict[str, dict[str, list[Any]]]:
     """A DNS zone publishing each key's record (as strings of at most 255 characters)."""
     return {k.dns_name(): {"TXT": [txt_strings(k.dns_value())]} for k in keys}

@@ -11,7 +11,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from helpers.dkimtest import dkimpy_sign, opendkim_verify, port53_dns, write_key, zone_for
+from helpers.dkimtest import dkimpy_sign, opendkim_verify, port53_dns, write_keys, zone_for
 
 from chasquid.confdir.dkimkeys import DKIMKey
 from chasquid.mailauth import dkimsign
@@ -36,11 +36,8 @@ MESSAGE = (
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DKIMKey]:
-    d = tmp_path_factory.mktemp("keys")
-    return {
-        "rsa": write_key(d, "example.com", "rsa1", "rsa"),
-        "ed25519": write_key(d, "example.com", "ed1", "ed25519"),
-    }
+    specs = {"rsa": ("rsa1", "rsa"), "ed25519": ("ed1", "ed25519")}
+    return write_keys(tmp_path_factory.mktemp("keys"), "example.com", specs)
 
 
 @pytest.mark.parametrize("algos", [["rsa"], ["ed25519"], ["rsa", "ed25519"]])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dkim
 import pytest
-from helpers.dkimtest import write_key, zone_for
+from helpers.dkimtest import write_keys, zone_for
 from helpers.dns import dns_server
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -35,12 +35,8 @@ MESSAGE = (
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DKIMKey]:
-    d = tmp_path_factory.mktemp("keys")
-    return {
-        "rsa": write_key(d, "example.com", "r1", "rsa"),
-        "ed25519": write_key(d, "example.com", "e1", "ed25519"),
-        "other": write_key(d, "example.com", "gone", "rsa"),
-    }
+    specs = {"rsa": ("r1", "rsa"), "ed25519": ("e1", "ed25519"), "other": ("gone", "rsa")}
+    return write_keys(tmp_path_factory.mktemp("keys"), "example.com", specs)
 
 
 @pytest.fixture
