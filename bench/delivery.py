@@ -115,9 +115,10 @@ def sink_alone_mda(sink: Path, root: Path, messages: int, connections: int) -> f
 def sink_alone_lmtp(root: Path, messages: int, connections: int) -> float:
     """Messages/s of the LMTP sink alone, fed by our LMTP courier over `connections`."""
     from chasquid.courier.lmtp import LMTPCourier
+    from chasquid.msgbody import Body
 
     sink = LMTPSink.start(Path(tempfile.mkdtemp(prefix="lmtp-alone-", dir=root)))
-    body = loadgen.make_message(1024)[:-3]
+    body = Body.of(loadgen.make_message(1024)[:-3])
 
     async def feed() -> float:
         courier = LMTPCourier(str(sink.socket), "bench", pool_size=connections)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from chasquid.msgbody import FileRange
+
+# copy_file_range cannot do these (another file system, an old kernel, ...):
+# the bytes are then copied through a buffer.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
+_COPY_BUFFER = 1024 * 1024
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -59,7 +67,7 @@ def create_new(
 
 def write_synced_and_rename(
     path: str | os.PathLike[str],
-    parts: Iterable[bytes],
+    parts: Iterable[bytes | FileRange],
     mode: int = 0o600,
     owner: tuple[int, int] | None = None,
 ) -> None:
@@ -67,7 +75,9 @@ def write_synced_and_rename(
 
     For callers that rename several files and then fsync their common
     directory once; until that fsync the renames may not survive a crash.
-    The parts (a header, a body) are written without being joined first.
+    The parts (a header, a body) are written without being joined first; a
+    ``FileRange`` part (a message spooled to disk) is copied by the kernel
+    (copy_file_range), never through memory in one piece.
     """
     target = Path(path)
     tmp = _synced_temp(target, parts, mode, owner)
@@ -80,7 +90,7 @@ def write_synced_and_rename(
 
 
 def _synced_temp(
-    target: Path, parts: Iterable[bytes], mode: int, owner: tuple[int, int] | None
+    target: Path, parts: Iterable[bytes | FileRange], mode: int, owner: tuple[int, int] | None
 ) -> str:
     """A temporary file beside target holding parts, fsynced, with its final mode and owner."""
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -102,7 +112,20 @@ def _synced_temp(
     return tmp
 
 
-def _write_all(fd: int, parts: Iterable[bytes]) -> None:
+def _write_all(fd: int, parts: Iterable[bytes | FileRange]) -> None:
+    pending: list[bytes] = []
+    for part in parts:
+        if isinstance(part, bytes):
+            if part:
+                pending.append(part)
+            continue
+        _writev_all(fd, pending)
+        pending = []
+        _copy_range(fd, part)
+    _writev_all(fd, pending)
+
+
+def _writev_all(fd: int, parts: list[bytes]) -> None:
     # One writev for all the parts (a header and a body) instead of a
     # buffered file object's copies; a short write continues where it stopped.
     pending = [memoryview(p) for p in parts if p]
@@ -115,3 +138,31 @@ def _write_all(fd: int, parts: Iterable[bytes]) -> None:
             else:
                 pending[0] = pending[0][n:]
                 n = 0
+
+
+def _copy_range(fd: int, part: FileRange) -> None:
+    """Append ``part`` of another file to fd, in the kernel when it can."""
+    src = os.open(part.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        offset, left = part.offset, part.length
+        kernel = hasattr(os, "copy_file_range")
+        while left > 0:
+            if kernel:
+                try:
+                    n = os.copy_file_range(src, fd, left, offset)
+                except OSError as e:
+                    if e.errno not in _NO_KERNEL_COPY:
+                        raise
+                    kernel = False
+                    continue
+            else:
+                data = os.pread(src, min(left, _COPY_BUFFER), offset)
+                n = len(data)
+                if n:
+                    _writev_all(fd, [data])
+            if n == 0:
+                raise OSError(errno.EIO, f"{part.path} ends before its {part.length} bytes")
+            offset += n
+            left -= n
+    finally:
+        os.close(src)

@@ -9,7 +9,10 @@ kind and holds one courier per role:
 - ``RemoteCourier``: the remote recipients of one domain in one SMTP
   transaction, through the domain's MX hosts or an alias's own servers.
 
-A batch courier answers with ``Results``: an entry for every recipient it was
+Every courier reads the message (``Body``) from the queue's file a chunk at a
+time, never whole in memory; a message that cannot be read to its end is a
+temporary failure, and the program or server never takes it as whole. A
+batch courier answers with ``Results``: an entry for every recipient it was
 given. A failure is a ``DeliveryError``; permanent ones are not retried and end
 in a bounce, temporary ones are retried until the item is too old.
 """
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import Body
 
 
 class DeliveryError(ChasquidError):
@@ -52,15 +56,18 @@ Results = dict[str, DeliveryError | None]
 class Courier(Protocol):
     """Delivers a message to one recipient."""
 
-    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
-        """Deliver data from sender to rcpt; raise DeliveryError on failure."""
+    async def deliver(self, sender: str, rcpt: str, body: Body) -> None:
+        """Deliver the message from sender to rcpt; raise DeliveryError on failure.
+
+        The body is read from disk as it is sent, never held whole in memory.
+        """
         ...
 
 
 class LocalBatchCourier(Protocol):
     """Delivers to several local recipients in one transaction, over connections it keeps."""
 
-    async def deliver_many(self, sender: str, rcpts: Sequence[str], data: bytes) -> Results:
+    async def deliver_many(self, sender: str, rcpts: Sequence[str], body: Body) -> Results:
         """An entry for every rcpt; failures are results, not exceptions."""
         ...
 
@@ -77,7 +84,7 @@ class RemoteCourier(Protocol):
     """
 
     async def deliver_many(
-        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
+        self, sender: str, rcpts: Sequence[str], body: Body, *, via: Sequence[str] = ()
     ) -> Results:
         """An entry for every rcpt; failures are results, not exceptions."""
         ...

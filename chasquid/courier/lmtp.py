@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 from chasquid.courier.base import DeliveryError, Results
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import Body
 from chasquid.normalize import NormalizationError, addr_to_ascii, split_addr
-from chasquid.smtpwire import dot_stuff
+from chasquid.smtpwire import encoded_chunks
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_POOL_SIZE = 4
@@ -199,19 +200,18 @@ class LMTPCourier:
         #: Connections opened so far (monitoring, tests).
         self.connections_opened = 0
 
-    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
+    async def deliver(self, sender: str, rcpt: str, body: Body) -> None:
         """Deliver to one recipient; raise DeliveryError on failure."""
-        error = (await self.deliver_many(sender, [rcpt], data))[rcpt]
+        error = (await self.deliver_many(sender, [rcpt], body))[rcpt]
         if error is not None:
             raise error
 
-    async def deliver_many(self, sender: str, rcpts: Sequence[str], data: bytes) -> Results:
+    async def deliver_many(self, sender: str, rcpts: Sequence[str], body: Body) -> Results:
         """Deliver to several recipients in one transaction; None means delivered."""
         results: Results = {}
         todo = list(dict.fromkeys(rcpts))
         if not todo:
             return results
-        payload = dot_stuff(data)
         async with self._slots:
             for attempt in range(2):
                 try:
@@ -220,7 +220,7 @@ class LMTPCourier:
                     failure = f"LMTP connecting to {self.address}: {_describe(e)}"
                 else:
                     try:
-                        await self._transaction(conn, sender, todo, payload, results)
+                        await self._transaction(conn, sender, todo, body, results)
                     except _ConnectionBroken as e:
                         conn.close()
                         failure = str(e)
@@ -284,7 +284,7 @@ class LMTPCourier:
         conn: _Connection,
         sender: str,
         rcpts: list[str],
-        payload: bytes,
+        body: Body,
         results: Results,
     ) -> None:
         """One MAIL/RCPT.../DATA exchange; fills results for every recipient it settles."""
@@ -305,7 +305,7 @@ class LMTPCourier:
                 params += " SMTPUTF8"
             mail_cmd = f"MAIL FROM:<{mail_from}>{params}"
             if "PIPELINING" in conn.extensions:
-                await self._pipelined(conn, mail_cmd, rcpts, offered_utf8, payload, results)
+                await self._pipelined(conn, mail_cmd, rcpts, offered_utf8, body, results)
                 return
             reply = await conn.command(mail_cmd)
             if reply.code != 250:
@@ -331,7 +331,7 @@ class LMTPCourier:
                     results[r] = reply.error(stage)
                 await self._reset(conn)
                 return
-            await self._send_data(conn, accepted, payload, results)
+            await self._send_data(conn, accepted, body, results)
         except (*_IO_ERRORS, LMTPProtocolError) as e:
             raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
 
@@ -339,14 +339,20 @@ class LMTPCourier:
         self,
         conn: _Connection,
         accepted: list[str],
-        payload: bytes,
+        body: Body,
         results: Results,
     ) -> None:
-        """After a 354: the message, then one reply per accepted recipient (RFC 2033)."""
+        """After a 354: the message, then one reply per accepted recipient (RFC 2033).
+
+        The message is read from disk and written a chunk at a time; if it
+        cannot be read to its end the connection is dropped, so the server
+        never takes a cut message for a whole one.
+        """
         stage = "DATA writing"
         try:
             async with asyncio.timeout(conn.timeout):
-                await conn.send_untimed(payload)
+                async for chunk in encoded_chunks(body, stuff=True):
+                    await conn.send_untimed(chunk)
                 stage = "DATA closing"
                 replies = [await conn.read_reply_untimed() for _ in accepted]
             for r, reply in zip(accepted, replies, strict=True):
@@ -360,7 +366,7 @@ class LMTPCourier:
         mail_cmd: str,
         rcpts: list[str],
         offered_utf8: bool,
-        payload: bytes,
+        body: Body,
         results: Results,
     ) -> None:
         """MAIL, every RCPT and DATA in one write (RFC 2920), then their replies in order."""
@@ -402,7 +408,7 @@ class LMTPCourier:
                 return
         except (*_IO_ERRORS, LMTPProtocolError) as e:
             raise _ConnectionBroken(f"LMTP {stage}: {_describe(e)}") from e
-        await self._send_data(conn, accepted, payload, results)
+        await self._send_data(conn, accepted, body, results)
 
     async def _reset(self, conn: _Connection) -> None:
         reply = await conn.command("RSET")

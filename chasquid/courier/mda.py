@@ -20,9 +20,15 @@ from pathlib import Path
 
 from chasquid.courier.base import DeliveryError
 from chasquid.goquote import go_quote
+from chasquid.msgbody import Body
 from chasquid.normalize import split_addr
-from chasquid.programs.process import ProgramStartError, resolve_program, run_program
-from chasquid.smtpwire import to_crlf
+from chasquid.programs.process import (
+    ProgramInputError,
+    ProgramStartError,
+    resolve_program,
+    run_program,
+)
+from chasquid.smtpwire import EncodedReader
 
 #: EX_TEMPFAIL from sysexits.h: the only exit code that means "try again later".
 EX_TEMPFAIL = 75
@@ -77,16 +83,24 @@ class MDACourier:
     config_dir: Path
     timeout: float = DEFAULT_TIMEOUT
 
-    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
-        """Run the MDA with data on stdin; DeliveryError tells temporary from permanent."""
+    async def deliver(self, sender: str, rcpt: str, body: Body) -> None:
+        """Run the MDA with the message (CRLF endings) streamed to its stdin.
+
+        DeliveryError tells temporary from permanent failures.
+        """
         try:
             program = resolve_program(self.binary, self.config_dir)
             argv = [program, *substitute_args(self.args, sender, rcpt)]
             result = await run_program(
-                argv, stdin=to_crlf(data), cwd=self.config_dir, timeout=self.timeout
+                argv,
+                stdin=EncodedReader(body, stuff=False),
+                cwd=self.config_dir,
+                timeout=self.timeout,
             )
         except ProgramStartError as e:
             raise DeliveryError(f'MDA delivery failed: {e} - ""', permanent=True) from e
+        except ProgramInputError as e:
+            raise DeliveryError(f"MDA delivery failed: {e}", permanent=False) from e
         if result.timed_out:
             raise DeliveryError("operation timed out", permanent=False)
         if result.returncode == 0:

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chasquid.courier.base import DeliveryError
-from chasquid.programs.process import Output, ProgramStartError, resolve_program, run_program
+from chasquid.msgbody import Body
+from chasquid.programs.process import (
+    Output,
+    ProgramInputError,
+    ProgramStartError,
+    resolve_program,
+    run_program,
+)
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -18,8 +25,8 @@ class PipeCourier:
     config_dir: Path
     timeout: float = DEFAULT_TIMEOUT
 
-    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
-        """Run rcpt (the alias's command line) with data, LF endings as stored, on stdin."""
+    async def deliver(self, sender: str, rcpt: str, body: Body) -> None:
+        """Run rcpt (the alias's command line) with the message, LF endings as stored, on stdin."""
         words = rcpt.split()
         if not words:
             raise DeliveryError("empty pipe", permanent=True)
@@ -27,13 +34,15 @@ class PipeCourier:
             program = resolve_program(words[0], self.config_dir)
             result = await run_program(
                 [program, *words[1:]],
-                stdin=data,
+                stdin=body.reader(),
                 cwd=self.config_dir,
                 timeout=self.timeout,
                 output=Output.DISCARD,
             )
         except ProgramStartError as e:
             raise DeliveryError(str(e), permanent=True) from e
+        except ProgramInputError as e:
+            raise DeliveryError(str(e), permanent=False) from e
         if result.returncode != 0:
             # A timeout kills the process, so it reads as "signal: killed".
             raise DeliveryError(result.reason(), permanent=True)

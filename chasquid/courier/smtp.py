@@ -27,9 +27,10 @@ from chasquid.courier.mx import lookup_mx, resolve_host, strip_root
 from chasquid.courier.sts import StsCache
 from chasquid.dnsconfig import make_async_resolver
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import Body
 from chasquid.normalize import NormalizationError, domain_to_ascii, split_addr
 from chasquid.remoteports import smtp_port
-from chasquid.smtpwire import dot_stuff
+from chasquid.smtpwire import encoded_chunks
 from chasquid.stspolicy import Policy
 from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
@@ -138,6 +139,19 @@ class _Session:
             raise PeerError(f"timed out after {self.timeouts.reply}s writing") from e
         except (OSError, ssl.SSLError) as e:
             raise PeerError(f"writing: {e}") from e
+
+    async def send_body(self, body: Body) -> None:
+        """The DATA payload, read from disk and written a chunk at a time.
+
+        A message that cannot be read to its end is a PeerError: the caller
+        drops the connection, so the server never takes a cut message for a
+        whole one.
+        """
+        try:
+            async for chunk in encoded_chunks(body, stuff=True):
+                await self.send(chunk)
+        except OSError as e:
+            raise PeerError(f"reading the message: {e}") from e
 
     async def command(self, line: str) -> Reply:
         await self.send(line.encode("utf-8") + b"\r\n")
@@ -257,14 +271,14 @@ class SMTPCourier:
         self.timeouts = timeouts
         self.max_hosts = max_hosts
 
-    async def deliver(self, sender: str, rcpt: str, data: bytes) -> None:
+    async def deliver(self, sender: str, rcpt: str, body: Body) -> None:
         """Deliver to one recipient via its domain's MX; raise DeliveryError on failure."""
-        error = (await self.deliver_many(sender, [rcpt], data))[rcpt]
+        error = (await self.deliver_many(sender, [rcpt], body))[rcpt]
         if error is not None:
             raise error
 
     async def deliver_many(
-        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
+        self, sender: str, rcpts: Sequence[str], body: Body, *, via: Sequence[str] = ()
     ) -> Results:
         """Deliver to every rcpt, one transaction per domain; the result of each (None = sent).
 
@@ -276,11 +290,11 @@ class SMTPCourier:
             groups.setdefault(split_addr(rcpt)[1], []).append(rcpt)
         results: Results = {}
         for domain, group in groups.items():
-            results.update(await self._deliver_domain(sender, domain, group, data, tuple(via)))
+            results.update(await self._deliver_domain(sender, domain, group, body, tuple(via)))
         return results
 
     async def _deliver_domain(
-        self, sender: str, domain: str, rcpts: list[str], data: bytes, via: tuple[str, ...]
+        self, sender: str, domain: str, rcpts: list[str], body: Body, via: tuple[str, ...]
     ) -> Results:
         policy: Policy | None = None
         if via:
@@ -304,7 +318,7 @@ class SMTPCourier:
             if policy is not None and not policy.mx_is_valid(host):
                 log.info("%s: skipping MX %s, not allowed by the MTA-STS policy", domain, host)
                 continue
-            attempt = await self._attempt_host(host, domain, sender, pending, data, policy)
+            attempt = await self._attempt_host(host, domain, sender, pending, body, policy)
             still: list[str] = []
             for rcpt in pending:
                 err = attempt[rcpt]
@@ -329,13 +343,13 @@ class SMTPCourier:
         domain: str,
         sender: str,
         rcpts: list[str],
-        data: bytes,
+        body: Body,
         policy: Policy | None,
     ) -> Results:
         """One host's attempt for rcpts; every failure is turned into per-rcpt results."""
         try:
             async with asyncio.timeout(self.timeouts.session):
-                return await self._session(host, domain, sender, rcpts, data, policy)
+                return await self._session(host, domain, sender, rcpts, body, policy)
         except DeliveryError as e:
             return dict.fromkeys(rcpts, e)
         except TimeoutError:
@@ -439,7 +453,7 @@ class SMTPCourier:
         domain: str,
         sender: str,
         rcpts: list[str],
-        data: bytes,
+        body: Body,
         policy: Policy | None,
     ) -> Results:
         addresses = await resolve_host(host, self._resolver_factory())
@@ -458,7 +472,7 @@ class SMTPCourier:
                     raise DeliveryError.temporary(
                         f"invalid security level ({level.name}) for STS policy"
                     )
-            results = await self._transaction(session, host, sender, rcpts, data)
+            results = await self._transaction(session, host, sender, rcpts, body)
             await session.quit()
             return results
         except PeerError as e:
@@ -467,7 +481,7 @@ class SMTPCourier:
             session.close()
 
     async def _transaction(
-        self, session: _Session, host: str, sender: str, rcpts: list[str], data: bytes
+        self, session: _Session, host: str, sender: str, rcpts: list[str], body: Body
     ) -> Results:
         """MAIL, RCPT per recipient, DATA: each recipient's result on this host."""
         smtputf8 = "SMTPUTF8" in session.extensions
@@ -485,11 +499,10 @@ class SMTPCourier:
         if not wire_rcpts:
             return results
 
-        payload = dot_stuff(data)
         size_limit = session.extensions.get("SIZE", "")
-        if size_limit.isdigit() and 0 < int(size_limit) < len(payload):
+        if size_limit.isdigit() and 0 < int(size_limit) < body.size:
             err = DeliveryError.permanent_error(
-                f"MAIL+RCPT 552 message of {len(payload)} bytes exceeds the "
+                f"MAIL+RCPT 552 message of {body.size} bytes exceeds the "
                 f"{size_limit}-byte limit of {host}"
             )
             return results | dict.fromkeys(wire_rcpts, err)
@@ -519,7 +532,7 @@ class SMTPCourier:
             err = DeliveryError(f"DATA {reply}", permanent=reply.permanent)
             return results | dict.fromkeys(accepted, err)
         try:
-            await session.send(payload)
+            await session.send_body(body)
         except PeerError as e:
             return results | dict.fromkeys(accepted, DeliveryError.temporary(f"DATA writing: {e}"))
         reply = await session.read_reply()

@@ -56,14 +56,22 @@ def remove_forged(message: bytes, our_ids: Iterable[str]) -> bytes:
     """
     parts = msg.split(message)
     section = message[: parts.header_end]
-    if _FIELD.search(section) is None:
+    kept = remove_forged_fields(section, our_ids)
+    if kept is section:
         return message
+    return kept + message[parts.header_end :]
+
+
+def remove_forged_fields(section: bytes, our_ids: Iterable[str]) -> bytes:
+    """``remove_forged`` for a header section alone; the section itself if nothing goes."""
+    if _FIELD.search(section) is None:
+        return section
     ours = {i.lower().rstrip(".") for i in our_ids}
     fields = _raw_fields(section)
     kept = [f for f in fields if not _claims(f, ours)]
     if len(kept) == len(fields):
-        return message
-    return b"".join(kept) + message[parts.header_end :]
+        return section
+    return b"".join(kept)
 
 
 def _raw_fields(section: bytes) -> list[bytes]:

@@ -85,16 +85,31 @@ def sign(
     them one by one leaves the last key's signature on top, as chasquid does.
     Raises SigningError.
     """
+    parts = msg.split(message)
+    return sign_parts(
+        message[: parts.header_end], message[parts.body_start :], keys, now=now, linesep=linesep
+    )
+
+
+def sign_parts(
+    section: bytes,
+    body: msg.BodySource,
+    keys: Sequence[DKIMKey],
+    *,
+    now: float | None = None,
+    linesep: bytes = b"\n",
+) -> list[bytes]:
+    """``sign`` for a message given as its header section and its body (bytes, or read
+    piece by piece from disk: blocking, for a thread)."""
     if not keys:
         return []
-    parts = msg.split(message)
     try:
-        fields = msg.header_fields(message[: parts.header_end])
+        fields = msg.header_fields(section)
     except msg.MessageFormatError as e:
         raise SigningError(f"cannot sign: {e}") from None
     include = signed_header_names(fields)
-    body = msg.body_hash(message[parts.body_start :], relaxed=True)
-    bh = base64.b64encode(body.digest)
+    body_hash = msg.body_hash(body, relaxed=True)
+    bh = base64.b64encode(body_hash.digest)
     timestamp = str(int(time.time() if now is None else now)).encode()
     return [_sign_one(fields, include, bh, timestamp, key, linesep) for key in keys]
 

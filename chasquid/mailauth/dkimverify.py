@@ -175,9 +175,29 @@ async def verify(
     `offload` runs parsing and hashing in a thread (default: for messages
     over OFFLOAD_BYTES). Never raises for anything in the message.
     """
-    if offload is None:
-        offload = len(message) > OFFLOAD_BYTES
-    prepared = await _cpu(offload, _prepare, message)
+    parts = msg.split(message)
+    return await verify_parts(
+        message[: parts.header_end],
+        message[parts.body_start :],
+        lookup=lookup,
+        offload=len(message) > OFFLOAD_BYTES if offload is None else offload,
+    )
+
+
+async def verify_parts(
+    section: bytes,
+    body: msg.BodySource,
+    *,
+    lookup: KeyLookup | None = None,
+    offload: bool = True,
+) -> Verification:
+    """``verify`` for a message given as its header section and its body.
+
+    A body given as a function is read from disk only if a signature needs
+    its hash, in a thread whatever ``offload`` says.
+    """
+    offload = offload or not isinstance(body, bytes)
+    prepared = await _cpu(offload, _prepare, section, body)
     if isinstance(prepared, Verification):
         return prepared
     fields, candidates = prepared
@@ -208,9 +228,9 @@ class _Pending:
 _Candidate = SignatureResult | _Pending
 
 
-def _prepare(message: bytes) -> Verification | tuple[list[list[bytes]], list[_Candidate]]:
-    parts = msg.split(message)
-    section = message[: parts.header_end]
+def _prepare(
+    section: bytes, body: msg.BodySource
+) -> Verification | tuple[list[list[bytes]], list[_Candidate]]:
     if len(section) > MAX_HEADER_BYTES:
         return _not_verified(section, f"header section over {MAX_HEADER_BYTES} bytes")
     try:
@@ -222,7 +242,6 @@ def _prepare(message: bytes) -> Verification | tuple[list[list[bytes]], list[_Ca
     signatures = [f for f in fields if f[0].lower() == b"dkim-signature"][:MAX_SIGNATURES]
     if not signatures:
         return Verification()
-    body = message[parts.body_start :]
     hashes: dict[tuple[bool, int | None], msg.BodyHash] = {}
     candidates = []
     for idx, sig_field in enumerate(signatures):
@@ -240,7 +259,7 @@ def _check_signature(
     fields: list[list[bytes]],
     idx: int,
     sig_field: list[bytes],
-    body: bytes,
+    body: msg.BodySource,
     hashes: dict[tuple[bool, int | None], msg.BodyHash],
 ) -> _Candidate:
     """The signature's own checks and its body hash; a result, or what to look the key up for."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from chasquid.errors import ChasquidError
@@ -75,6 +75,26 @@ def header_fields(section: bytes) -> list[list[bytes]]:
     return fields
 
 
+#: A body: the bytes themselves, or a function that gives its pieces afresh at each
+#: call (a body read from disk; the pieces may cut lines anywhere).
+BodySource = bytes | Callable[[], Iterable[bytes]]
+
+
+def _whole_lines(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Pieces regrouped into chunks of whole lines (the last may lack its LF)."""
+    carry = b""
+    for piece in pieces:
+        data = carry + piece if carry else piece
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        yield from _line_chunks(data[: cut + 1], size)
+        carry = data[cut + 1 :]
+    if carry:
+        yield carry
+
+
 def _line_chunks(body: bytes, size: int) -> Iterator[bytes]:
     start, n = 0, len(body)
     while start < n:
@@ -106,13 +126,15 @@ class BodyHash:
 
 
 def body_hash(
-    body: bytes, relaxed: bool, limit: int | None = None, *, chunk_size: int = CHUNK
+    body: BodySource, relaxed: bool, limit: int | None = None, *, chunk_size: int = CHUNK
 ) -> BodyHash:
     """Canonicalize (relaxed or simple) and hash a body given with LF line ends.
 
     Trailing empty lines are dropped; a non-empty body ends with one CRLF; an
     empty one is empty (relaxed) or a single CRLF (simple). `length` is the
-    canonical length even when `limit` cuts the hashed part shorter.
+    canonical length even when `limit` cuts the hashed part shorter. A body
+    given as a function is read piece by piece (from disk, blocking), never
+    whole.
     """
     hasher = hashlib.sha256()
     length = 0
@@ -126,7 +148,12 @@ def body_hash(
             hasher.update(data)
         length += len(data)
 
-    for chunk in _line_chunks(body, chunk_size):
+    chunks = (
+        _line_chunks(body, chunk_size)
+        if isinstance(body, bytes)
+        else _whole_lines(body(), chunk_size)
+    )
+    for chunk in chunks:
         if relaxed:
             chunk = _relaxed(chunk)
         text = chunk.rstrip(b"\n")

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import Readable
 from chasquid.programs.process import Output, ProgramResult, ProgramStartError, run_program
 
 #: Bytes of stdout and of stderr kept from a hook; the rest is read and discarded.
@@ -29,7 +30,7 @@ async def run_hook(
     path: str | os.PathLike[str],
     args: Sequence[str] = (),
     *,
-    stdin: bytes | None = None,
+    stdin: bytes | Readable | None = None,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     timeout: float,

@@ -21,9 +21,11 @@ import contextlib
 import functools
 import os
 import signal
+from asyncio import CancelledError
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from chasquid.msgbody import CHUNK, Readable
 from chasquid.programs import cpuplacement
 
 _CHUNK = 64 * 1024
@@ -44,6 +46,8 @@ class Finished:
     stdout: bytes
     stderr: bytes
     timed_out: bool
+    #: Why a streamed stdin could not be read to its end (the program was killed).
+    input_error: BaseException | None = None
 
 
 def _inherited_environment() -> Mapping[bytes, bytes | str] | Mapping[str, bytes | str]:
@@ -91,6 +95,9 @@ class _Child:
         self.kept: dict[str, bytearray] = {}
         self.data = memoryview(b"")
         self.written = 0
+        self.source: Readable | None = None
+        self._reading = False
+        self.input_error: BaseException | None = None
         self.status: int | None = None
         self.timed_out = False
         # Resolved once the pipes are closed and the program reaped, or when
@@ -100,18 +107,23 @@ class _Child:
 
     # --- pipes
 
-    def start_io(self, data: bytes | None) -> None:
+    def start_io(self, data: bytes | Readable | None) -> None:
         stdin = self.fds.get("stdin")
         if stdin is not None:
-            if data:
-                self.data = memoryview(data)
-                os.set_blocking(stdin, False)
-                # A message usually fits in the pipe at once: no watch needed then.
-                self._writable(stdin)
-                if "stdin" in self.fds:
-                    self.loop.add_writer(stdin, self._writable, stdin)
+            if isinstance(data, bytes | type(None)):
+                if data:
+                    self.data = memoryview(data)
+                    os.set_blocking(stdin, False)
+                    # A message usually fits in the pipe at once: no watch needed then.
+                    self._writable(stdin)
+                    if "stdin" in self.fds:
+                        self.loop.add_writer(stdin, self._writable, stdin)
+                else:
+                    self._close("stdin")
             else:
-                self._close("stdin")
+                self.source = data
+                os.set_blocking(stdin, False)
+                self._refill()
         for name in ("stdout", "stderr"):
             fd = self.fds.get(name)
             if fd is not None:
@@ -128,9 +140,57 @@ class _Child:
         except (BrokenPipeError, ConnectionResetError):
             # A program may exit without reading all of its input.
             self.written = len(self.data)
+            self._drop_source()
         if self.written >= len(self.data):
+            if self.source is not None:
+                self.loop.remove_writer(fd)
+                self._refill()
+                return
             self._close("stdin")
             self._check_streams()
+
+    # A streamed stdin is read in a worker thread, one piece at a time, while
+    # the loop writes the previous piece: the loop never waits for the disk.
+
+    def _refill(self) -> None:
+        assert self.source is not None
+        self._reading = True
+        read = self.loop.run_in_executor(None, self.source.read, CHUNK)
+        read.add_done_callback(self._refilled)
+
+    def _refilled(self, read: asyncio.Future[bytes]) -> None:
+        self._reading = False
+        fd = self.fds.get("stdin")
+        if fd is None or self.source is None:
+            self._drop_source()
+            return
+        error = CancelledError("reading stopped") if read.cancelled() else read.exception()
+        if error is not None:
+            # The program must not take a cut message for a whole one.
+            self.input_error = error
+            self._drop_source()
+            self.kill()
+            self._close("stdin")
+            self._check_streams()
+            return
+        data = read.result()
+        if len(data) < CHUNK:
+            # The end (see Readable): what is left is written, then stdin closes.
+            self._drop_source()
+        if not data:
+            self._close("stdin")
+            self._check_streams()
+            return
+        self.data, self.written = memoryview(data), 0
+        self._writable(fd)
+        if self.fds.get("stdin") == fd and self.written < len(self.data):
+            self.loop.add_writer(fd, self._writable, fd)
+
+    def _drop_source(self) -> None:
+        """Close the stdin source, unless a worker is reading it (then when it is done)."""
+        if self.source is not None and not self._reading:
+            self.source.close()
+            self.source = None
 
     def _readable(self, name: str, fd: int) -> None:
         try:
@@ -171,6 +231,7 @@ class _Child:
         """Stop watching and close every pipe end still open."""
         for name in list(self.fds):
             self._close(name)
+        self._drop_source()
         self._check_streams()
 
     # --- exit
@@ -271,7 +332,7 @@ def _pipes(
 async def run(
     argv: Sequence[str],
     *,
-    stdin: bytes | None,
+    stdin: bytes | Readable | None,
     env: Mapping[str, str] | None,
     output: str,
     max_output: int,
@@ -280,11 +341,17 @@ async def run(
 ) -> Finished:
     """Run argv[0] (a path) in the current directory, as chasquid.programs.process.run_program does.
 
-    Raises OSError if the program cannot be started.
+    A ``Readable`` stdin is read piece by piece in worker threads and closed
+    at the end; if reading it fails the program is killed and the error is
+    in ``Finished.input_error``. Raises OSError if the program cannot be started.
     """
     loop = asyncio.get_running_loop()
     child = _Child(loop, max_output)
-    actions, theirs = _pipes(child, stdin is not None, output)
+    try:
+        actions, theirs = _pipes(child, stdin is not None, output)
+    except BaseException:
+        _close_source(stdin)
+        raise
     pinned = cpuplacement.pin()
     try:
         # This blocks the loop until the child has exec'd (vfork), and
@@ -303,6 +370,7 @@ async def run(
     except BaseException:
         for fd in child.fds.values():
             os.close(fd)
+        _close_source(stdin)
         raise
     finally:
         cpuplacement.release(pinned, child.pid)
@@ -315,6 +383,7 @@ async def run(
         child.kill()
         await asyncio.to_thread(os.waitpid, child.pid, 0)
         child.close_streams()
+        _close_source(stdin)
         raise
     child.watch_exit()
     child.start_io(stdin)
@@ -333,4 +402,10 @@ async def run(
         bytes(child.kept.get("stdout", b"")),
         bytes(child.kept.get("stderr", b"")),
         child.timed_out,
+        child.input_error,
     )
+
+
+def _close_source(stdin: bytes | Readable | None) -> None:
+    if stdin is not None and not isinstance(stdin, bytes):
+        stdin.close()

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import CHUNK, Readable
 from chasquid.programs import loopspawn
 
 #: Bytes of output kept by default (per stream); the rest is read and discarded.
@@ -49,6 +50,13 @@ _REAP_TIMEOUT = 2.0
 
 class ProgramStartError(ChasquidError):
     """The program could not be started (not found, not executable, ...)."""
+
+
+class ProgramInputError(ChasquidError):
+    """The program's streamed input could not be read to its end; the program was killed.
+
+    A temporary failure: the program never saw a cut message as a whole one.
+    """
 
 
 class Output(enum.Enum):
@@ -122,7 +130,7 @@ class _Run:
     """One program run, shared by the worker thread and the awaiting task."""
 
     argv: tuple[str, ...]
-    stdin: bytes | None
+    stdin: bytes | Readable | None
     cwd: str | None
     env: dict[str, str] | None
     output: Output
@@ -142,6 +150,13 @@ class _Run:
 
     def execute(self) -> ProgramResult:
         """Start the program, feed it, collect its output and wait (blocking)."""
+        try:
+            return self._execute()
+        finally:
+            if self.stdin is not None and not isinstance(self.stdin, bytes):
+                self.stdin.close()
+
+    def _execute(self) -> ProgramResult:
         pipe, devnull = subprocess.PIPE, subprocess.DEVNULL
         out = devnull if self.output is Output.DISCARD else pipe
         err = {Output.SEPARATE: pipe, Output.MERGED: subprocess.STDOUT}.get(self.output, devnull)
@@ -169,6 +184,11 @@ class _Run:
         timed_out = False
         try:
             kept = _communicate(proc, self.stdin, self.max_output, deadline)
+        except _InputError as e:
+            _kill_group(proc)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(_REAP_TIMEOUT)
+            raise ProgramInputError(f"reading the input of {self.argv[0]!r}: {e.cause}") from e
         except TimeoutError:
             timed_out = True
             _kill_group(proc)
@@ -196,14 +216,34 @@ class _Run:
         )
 
 
+class _InputError(Exception):
+    """Reading a streamed stdin failed; ``cause`` says why."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def _communicate(
-    proc: subprocess.Popen[bytes], data: bytes | None, limit: int, deadline: float
+    proc: subprocess.Popen[bytes], data: bytes | Readable | None, limit: int, deadline: float
 ) -> dict[str, bytearray]:
-    """Write data to stdin and read stdout/stderr until both close; TimeoutError at deadline."""
+    """Write data to stdin and read stdout/stderr until both close; TimeoutError at deadline.
+
+    A ``Readable`` is read a piece at a time as the program takes its input;
+    a failure to read it raises _InputError.
+    """
     kept: dict[str, bytearray] = {}
+    source: Readable | None = None
+    if isinstance(data, bytes) or data is None:
+        first = data
+    else:
+        source = data
+        first = _read_source(source)
+        if len(first) < CHUNK:
+            source = None  # the end (see Readable)
     with selectors.DefaultSelector() as sel:
         if proc.stdin is not None and not proc.stdin.closed:
-            if data:
+            if first:
                 os.set_blocking(proc.stdin.fileno(), False)
                 sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
             else:
@@ -213,7 +253,7 @@ def _communicate(
             if stream is not None and not stream.closed:
                 kept[name] = bytearray()
                 sel.register(stream.fileno(), selectors.EVENT_READ, name)
-        view = memoryview(data or b"")
+        view = memoryview(first or b"")
         written = 0
         while sel.get_map():
             remaining = deadline - time.monotonic()
@@ -229,6 +269,11 @@ def _communicate(
                     except (BrokenPipeError, ConnectionResetError):
                         # A program may exit without reading all of its input.
                         written = len(view)
+                        source = None
+                    if written >= len(view) and source is not None:
+                        view, written = memoryview(_read_source(source)), 0
+                        if len(view) < CHUNK:
+                            source = None  # the end (see Readable)
                     if written >= len(view):
                         sel.unregister(fd)
                         assert proc.stdin is not None
@@ -246,6 +291,13 @@ def _communicate(
     return kept
 
 
+def _read_source(source: Readable) -> bytes:
+    try:
+        return source.read(CHUNK)
+    except OSError as e:
+        raise _InputError(e) from e
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     # start_new_session makes the pid the group id: this also kills children.
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -257,7 +309,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 async def run_program(
     argv: Sequence[str],
     *,
-    stdin: bytes | None,
+    stdin: bytes | Readable | None,
     cwd: str | os.PathLike[str] | None,
     timeout: float,
     env: Mapping[str, str] | None = None,
@@ -266,9 +318,12 @@ async def run_program(
 ) -> ProgramResult:
     """Run argv (argv[0] a path) with stdin (None: /dev/null) in cwd; kill its group on timeout.
 
-    env None means the inherited environment. At most max_output bytes of
-    each captured stream are kept. Raises ProgramStartError if the program
-    cannot be started. Cancelling the caller kills the program.
+    A ``Readable`` stdin (a message body) is streamed a piece at a time, so
+    memory does not grow with its size, and closed at the end (the run owns
+    it). env None means the inherited environment. At most max_output bytes
+    of each captured stream are kept. Raises ProgramStartError if the program
+    cannot be started, ProgramInputError if its stdin cannot be read to the
+    end. Cancelling the caller kills the program.
     """
     program = str(argv[0])
     workdir = str(cwd) if cwd is not None else None
@@ -287,6 +342,8 @@ async def run_program(
             raise ProgramStartError(f"cannot run {program!r}: {e.strerror or e}") from e
         except ValueError as e:
             raise ProgramStartError(f"cannot run {program!r}: {e}") from e
+        if done.input_error is not None:
+            raise ProgramInputError(f"reading the input of {program!r}: {done.input_error}")
         return ProgramResult(done.status, done.stdout, done.stderr, done.timed_out)
     run = _Run(
         argv=tuple(str(a) for a in argv),

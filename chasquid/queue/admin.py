@@ -6,6 +6,7 @@ decodes them with chasquid.localrpc.queueadmin.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -19,21 +20,23 @@ from chasquid.queue.item import QueueItem, rcpt_to_json
 MAX_HEADERS_SHOWN = 64 * 1024
 
 
-def item_json(item: QueueItem, next_attempt: datetime | None, *, headers: bool) -> dict[str, Any]:
-    """The JSON form of an item (with the header block when headers is set)."""
+def item_json(
+    item: QueueItem, next_attempt: datetime | None, *, head: bytes | None = None
+) -> dict[str, Any]:
+    """The JSON form of an item; with ``head`` (the message's first bytes) its header block."""
     d: dict[str, Any] = {
         "id": item.id,
         "from": item.sender,
         "to": list(item.to),
         "created_at": item.created_at.astimezone(UTC).isoformat(),
-        "size": len(item.data),
+        "size": item.body.size,
         "next_attempt": next_attempt.astimezone(UTC).isoformat() if next_attempt else None,
         "rcpts": [rcpt_to_json(r) for r in item.rcpts],
     }
-    if headers:
-        end = item.data.find(b"\n\n")
-        head = item.data if end < 0 else item.data[: end + 1]
-        d["headers"] = head[:MAX_HEADERS_SHOWN].decode("utf-8", "replace")
+    if head is not None:
+        end = head.find(b"\n\n")
+        block = head if end < 0 else head[: end + 1]
+        d["headers"] = block[:MAX_HEADERS_SHOWN].decode("utf-8", "replace")
     return d
 
 
@@ -43,13 +46,15 @@ def handlers(delivery: Delivery) -> dict[str, Handler]:
 
     async def queue_list(params: Params) -> Params:
         items = sorted(queue.items(), key=lambda i: i.created_at)
-        views = [item_json(i, delivery.next_attempt(i.id), headers=False) for i in items]
+        views = [item_json(i, delivery.next_attempt(i.id)) for i in items]
         return [("json", json.dumps(views))]
 
     async def queue_show(params: Params) -> Params:
         item_id = get_param(params, "ID")
         item = _current(delivery, item_id)
-        return [("json", json.dumps(item_json(item, delivery.next_attempt(item_id), headers=True)))]
+        # The message is on disk: read no more of it than is shown.
+        head = await asyncio.to_thread(item.body.read, MAX_HEADERS_SHOWN)
+        return [("json", json.dumps(item_json(item, delivery.next_attempt(item_id), head=head)))]
 
     async def queue_flush(params: Params) -> Params:
         item_id = get_param(params, "ID", "") or None

@@ -174,7 +174,7 @@ class ItemRunner:
             jobs.append(
                 self._batch(
                     lmtp_group,
-                    lambda rcpts: lmtp.deliver_many(item.sender, rcpts, item.data),
+                    lambda rcpts: lmtp.deliver_many(item.sender, rcpts, item.body),
                     "email:local",
                 )
             )
@@ -186,7 +186,7 @@ class ItemRunner:
         r = self.item.rcpts[i]
         self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind)
         try:
-            await courier.deliver(sender, r.address, self.item.data)
+            await courier.deliver(sender, r.address, self.item.body)
             error: DeliveryError | None = None
         except DeliveryError as e:
             error = e
@@ -199,7 +199,7 @@ class ItemRunner:
         kind = "forward" if via else "email:remote"
 
         def call(rcpts: Sequence[str]) -> Awaitable[Results]:
-            return remote.deliver_many(sender, rcpts, self.item.data, via=via)
+            return remote.deliver_many(sender, rcpts, self.item.body, via=via)
 
         await self._batch(indexes, call, kind)
 
@@ -338,9 +338,13 @@ class Delivery:
 
     async def queue_dsn(self, item: QueueItem) -> None:
         """Queue the DSN of a finished item; a failure is logged and the DSN dropped."""
-        dsn = build_dsn(
-            item, reporting_domain(item, self.is_local_domain), datetime.now().astimezone()
-        )
+        domain = reporting_domain(item, self.is_local_domain)
+        try:
+            # It reads the start of the message from disk.
+            dsn = await asyncio.to_thread(build_dsn, item, domain, datetime.now().astimezone())
+        except OSError as e:
+            log.error("%s: cannot build the DSN, the message is unreadable: %s", item.id, e)
+            return
         try:
             dsn_id = await self.queue.put("<>", [item.sender], dsn)
         except QueueError as e:

@@ -171,7 +171,9 @@ def _report_part(item: QueueItem, domain: str) -> str:
     return "\n".join(out)
 
 
-def _headers(item: QueueItem, domain: str, now: datetime, msg_id: str, boundary: str) -> list[str]:
+def _headers(
+    item: QueueItem, original: bytes, domain: str, now: datetime, msg_id: str, boundary: str
+) -> list[str]:
     headers = [
         f"From: Mail Delivery System <postmaster-dsn@{domain}>",
         f"To: <{_one_line(item.sender)}>",
@@ -179,7 +181,7 @@ def _headers(item: QueueItem, domain: str, now: datetime, msg_id: str, boundary:
         f"Message-ID: <chasquid-dsn-{msg_id}@{domain}>",
         f"Date: {format_date(now)}",
     ]
-    orig_id = original_message_id(item.data)
+    orig_id = original_message_id(original)
     if orig_id:
         headers += [f"In-Reply-To: {orig_id}", f"References: {orig_id}"]
     failed = failed_recipients(item)
@@ -221,16 +223,17 @@ def build_dsn(
 
     ids supplies fresh identifiers: the first call gives the Message-ID part,
     later ones the MIME boundary. now is rendered in its own time zone (a
-    naive datetime is taken as local time).
+    naive datetime is taken as local time). Reads the first
+    MAX_ORIGINAL_DATA bytes of the message (blocking: call it from a thread).
     """
     domain = _one_line(reporting_domain)
     msg_id = ids()
     text = _encode(_text_part(item))
     report = _encode(_report_part(item, domain))
-    original = item.data[:MAX_ORIGINAL_DATA]
+    original = item.body.read(MAX_ORIGINAL_DATA)
     boundary = _pick_boundary(ids, (text, report, original))
     b = boundary.encode("ascii")
-    head = _encode("\n".join(_headers(item, domain, now, msg_id, boundary)))
+    head = _encode("\n".join(_headers(item, original, domain, now, msg_id, boundary)))
     return b"".join(
         [
             head,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,8 +13,11 @@ from typing import IO, Any
 
 from chasquid.confdir.aliases import RecipientKind
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import Body, FileRange
 
 MAGIC = b"chasquid-queue-item"
+#: A state file: an item's later envelope, without the message (which stays put).
+STATE_MAGIC = b"chasquid-queue-state"
 FORMAT_VERSION = 1
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -56,13 +60,19 @@ class QueuedRecipient:
 
 @dataclass(frozen=True, slots=True)
 class QueueItem:
-    """A queued message: envelope, expanded recipients and the message bytes."""
+    """A queued message: envelope, expanded recipients and where the message bytes are.
+
+    ``body`` is in memory only until the item is first written; from then
+    on it is a range of the item's file (``m:`` or ``s:``), which is never
+    rewritten, so the message is read from disk when delivered. Items
+    compare by their envelope: the message never changes, only where it is.
+    """
 
     id: str
     sender: str
     to: tuple[str, ...]
     rcpts: tuple[QueuedRecipient, ...]
-    data: bytes = field(repr=False)
+    body: Body = field(repr=False, compare=False)
     created_at: datetime = EPOCH
 
     def with_rcpt(self, index: int, rcpt: QueuedRecipient) -> QueueItem:
@@ -81,11 +91,26 @@ class QueueItem:
         """Indexes of the recipients still to be attempted."""
         return tuple(i for i, r in enumerate(self.rcpts) if r.status is RecipientStatus.PENDING)
 
-    def encode(self) -> tuple[bytes, bytes]:
-        """Serialize to (head, data): the file is head followed by the message bytes.
+    def with_body(self, body: Body) -> QueueItem:
+        """Return a copy whose message bytes are ``body`` (where the store put them)."""
+        return dataclasses.replace(self, body=body)
 
-        Returned as two parts so the (possibly large) message is never copied.
+    def encode(self) -> tuple[bytes, Body]:
+        """Serialize to (head, body): the file is head followed by the message bytes.
+
+        Returned as two parts so the (possibly large) message is never copied
+        through memory: the store copies the body's file ranges in the kernel.
         """
+        envelope = self._envelope()
+        first = b"%s %d %d %d\n" % (MAGIC, FORMAT_VERSION, len(envelope), self.body.size)
+        return first + envelope + b"\n", self.body
+
+    def encode_state(self) -> bytes:
+        """The state file of the item: its envelope alone (recipients' statuses and all)."""
+        envelope = self._envelope()
+        return b"%s %d %d\n" % (STATE_MAGIC, FORMAT_VERSION, len(envelope)) + envelope + b"\n"
+
+    def _envelope(self) -> bytes:
         envelope = {
             "id": self.id,
             "from": self.sender,
@@ -95,9 +120,7 @@ class QueueItem:
         }
         # ensure_ascii keeps the header valid even for strings holding lone
         # surrogates (undecodable bytes carried through surrogateescape).
-        body = json.dumps(envelope, ensure_ascii=True, separators=(",", ":")).encode("ascii")
-        first = b"%s %d %d %d\n" % (MAGIC, FORMAT_VERSION, len(body), len(self.data))
-        return first + body + b"\n", self.data
+        return json.dumps(envelope, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def rcpt_to_json(r: QueuedRecipient) -> dict[str, Any]:
@@ -113,7 +136,10 @@ def rcpt_to_json(r: QueuedRecipient) -> dict[str, Any]:
 
 
 def read_item(f: IO[bytes], source: str) -> QueueItem:
-    """Parse one queue file from an open binary stream; source names it in errors."""
+    """Parse one queue file from an open binary file; source is its path.
+
+    The message is not read: the item's body is the range of the file it is in.
+    """
     item = _read_next(f, source)
     if item is None:
         raise QueueFormatError(f"{source}: not a queue item (bad first line)")
@@ -149,22 +175,48 @@ def _read_next(f: IO[bytes], source: str) -> QueueItem | None:
             f"{source}: queue format version {version} is not supported"
             f" (this version reads {FORMAT_VERSION})"
         )
+    envelope = _read_envelope(f, head_len, source)
+    # The message stays on disk: the item only says where it is.
+    offset = f.tell()
+    size = os.fstat(f.fileno()).st_size
+    if offset + data_len > size:
+        raise QueueFormatError(
+            f"{source}: truncated message data ({size - offset} of {data_len} bytes)"
+        )
+    f.seek(offset + data_len)
+    body = Body((FileRange(source, offset, data_len),)) if data_len else Body()
+    return _item_from_json(envelope, body, source)
+
+
+def read_state(f: IO[bytes], source: str) -> QueueItem:
+    """Parse a state file (``encode_state``): the item's envelope, with an empty body."""
+    first = f.readline(_MAX_FIRST_LINE)
+    parts = first.split()
+    if len(parts) != 3 or parts[0] != STATE_MAGIC or not first.endswith(b"\n"):
+        raise QueueFormatError(f"{source}: not a queue state file (bad first line)")
+    try:
+        version, head_len = int(parts[1]), int(parts[2])
+    except ValueError:
+        raise QueueFormatError(f"{source}: bad lengths in the first line") from None
+    if version != FORMAT_VERSION:
+        raise QueueFormatError(f"{source}: queue format version {version} is not supported")
+    envelope = _read_envelope(f, head_len, source)
+    if f.read(1):
+        raise QueueFormatError(f"{source}: unexpected bytes after the envelope")
+    return _item_from_json(envelope, Body(), source)
+
+
+def _read_envelope(f: IO[bytes], head_len: int, source: str) -> object:
     head = f.read(head_len + 1)
     if len(head) != head_len + 1 or not head.endswith(b"\n"):
         raise QueueFormatError(f"{source}: truncated envelope")
-    data = f.read(data_len)
-    if len(data) != data_len:
-        raise QueueFormatError(
-            f"{source}: truncated message data ({len(data)} of {data_len} bytes)"
-        )
     try:
-        envelope = json.loads(head)
+        return json.loads(head)
     except ValueError as e:
         raise QueueFormatError(f"{source}: bad envelope JSON: {e}") from None
-    return _item_from_json(envelope, data, source)
 
 
-def _item_from_json(env: object, data: bytes, source: str) -> QueueItem:
+def _item_from_json(env: object, body: Body, source: str) -> QueueItem:
     if not isinstance(env, dict):
         raise QueueFormatError(f"{source}: envelope is not a JSON object")
     item_id = _get_str(env, "id", source, required=True)
@@ -188,7 +240,7 @@ def _item_from_json(env: object, data: bytes, source: str) -> QueueItem:
         sender=_get_str(env, "from", source, required=True),
         to=_get_str_tuple(env, "to", source),
         rcpts=tuple(_rcpt_from_json(r, source) for r in rcpts_raw),
-        data=data,
+        body=body,
         created_at=created_at,
     )
 

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from chasquid.confdir.aliases import RecipientKind
 from chasquid.errors import ChasquidError
+from chasquid.msgbody import Body
 from chasquid.queue.ids import new_id
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.store import QueueStore, QueueStoreError, StoreOp
@@ -106,11 +107,15 @@ class Queue:
             self._register(item)
         return loaded
 
-    async def put(self, sender: str, rcpts: Iterable[str], data: bytes) -> str:
+    async def put(self, sender: str, rcpts: Iterable[str], body: Body | bytes) -> str:
         """Queue a message durably and return its id (spec/20 §4.4).
 
         rcpts are the RCPT addresses as accepted; each is expanded through the
-        current alias resolver. When this returns, the item is on disk.
+        current alias resolver. body is the message (bytes: a small one in
+        memory, such as a DSN). When this returns, the item is on disk, with a
+        copy of the message: the caller may delete the files ``body`` read
+        from (a reception spool). From then on the item's body is read from
+        the item's file.
         """
         if len(self._items) >= self.max_items:
             raise QueueError("Queue size too big, try again later")
@@ -143,14 +148,14 @@ class Queue:
             sender=sender or "<>",
             to=tuple(to),
             rcpts=tuple(queued),
-            data=data,
+            body=body if isinstance(body, Body) else Body.of(body),
             created_at=datetime.now(UTC),
         )
         try:
             await self._write(item, new=True)
         except QueueStoreError as e:
             raise QueueError(f"failed to write item: {e}") from None
-        self._register(item)
+        self._register(item.with_body(self.store.body(item.id)))
         return item.id
 
     async def update(self, item: QueueItem) -> bool:

@@ -3,8 +3,11 @@
 Items written alone live in ``m:<id>`` files. Items that arrive together
 (a group commit) are written as one segment file ``s:<segment>``, so that a
 burst of messages costs one file creation and one fsync instead of one per
-message. An item finished, or rewritten to its own ``m:`` file, while others
-of its segment are still queued is listed in ``d:<segment>`` so that the
+message. Either file is written once and never changed: the item's message
+stays there, and is read from there at delivery, until the item is finished.
+A later change of an item (its recipients' statuses) goes to a small state
+file ``e:<id>`` holding its envelope alone. An item finished while others of
+its segment are still queued is listed in ``d:<segment>`` so that the
 segment's copy is not loaded again; the segment goes with its last item.
 docs/queue-format.md describes the files.
 """
@@ -17,17 +20,22 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from chasquid.errors import ChasquidError
 from chasquid.fileio import fsync_dir, write_synced_and_rename
+from chasquid.msgbody import Body, FileRange
 from chasquid.queue.ids import new_id
-from chasquid.queue.item import QueueFormatError, QueueItem, read_item, read_items
+from chasquid.queue.item import QueueFormatError, QueueItem, read_item, read_items, read_state
 
 log = logging.getLogger("chasquid.queue")
 
 FILE_PREFIX = "m:"
 SEGMENT_PREFIX = "s:"
 DONE_PREFIX = "d:"
+STATE_PREFIX = "e:"
+#: Messages being received are spooled to files named so (reception's).
+SPOOL_PREFIX = ".spool-"
 
 
 class QueueStoreError(ChasquidError):
@@ -40,8 +48,8 @@ class StoreOp:
 
     ``new`` marks the first write of an item, which has no file yet: new
     items of one batch may share a segment file. Later writes of an item
-    (status changes) always go to its own ``m:`` file, which supersedes the
-    segment's copy.
+    (status changes) go to its state file ``e:<id>``; the message stays in
+    the first file.
     """
 
     item: QueueItem | None = None
@@ -63,6 +71,8 @@ class QueueStore:
         self._live: dict[str, set[str]] = {}
         # Segments with a damaged tail: never deleted, whatever completes.
         self._keep: set[str] = set()
+        # Where each item's message is on disk, once written or loaded.
+        self._bodies: dict[str, Body] = {}
 
     def ensure(self) -> None:
         """Create the queue directory (mode 0700) if missing."""
@@ -77,6 +87,14 @@ class QueueStore:
         """Where the item with this id lives when written alone."""
         return self.directory / f"{FILE_PREFIX}{item_id}"
 
+    def state_path(self, item_id: str) -> Path:
+        """Where the item's later envelope (its state file) lives."""
+        return self.directory / f"{STATE_PREFIX}{item_id}"
+
+    def body(self, item_id: str) -> Body:
+        """Where the message of a written or loaded item is (a range of its file)."""
+        return self._bodies[item_id]
+
     def _segment_path(self, segment: str) -> Path:
         return self.directory / f"{SEGMENT_PREFIX}{segment}"
 
@@ -84,8 +102,8 @@ class QueueStore:
         return self.directory / f"{DONE_PREFIX}{segment}"
 
     def write(self, item: QueueItem) -> None:
-        """Durably (re)write the item: when this returns, it survives a crash."""
-        self._apply_one(StoreOp(item=item))
+        """Durably write a new item, message and all: when this returns, it survives a crash."""
+        self._apply_one(StoreOp(item=item, new=True))
 
     def remove(self, item_id: str) -> None:
         """Delete the item's files (or note it done in its segment); gone already is fine."""
@@ -122,7 +140,7 @@ class QueueStore:
             written.extend(n for n in new if results[n] is None)
         for n, op in enumerate(ops):
             if op.item is not None and not (op.new and in_segment):
-                results[n] = self._write_file(op.item)
+                results[n] = self._write_file(op.item) if op.new else self._write_state(op.item)
                 if results[n] is None:
                     written.append(n)
         done: dict[str, list[str]] = {}
@@ -132,14 +150,6 @@ class QueueStore:
             except OSError as e:
                 for n in written:
                     results[n] = QueueStoreError(f"{self.directory}: {e.strerror or e}")
-            else:
-                # A rewritten item no longer needs its segment's copy: letting
-                # it go frees the segment (and the disk space of the others)
-                # while this one waits hours for its next attempt.
-                for n in written:
-                    op = ops[n]
-                    if op.item is not None and not op.new:
-                        self._release(op.item.id, done)
         if on_written is not None:
             on_written(list(results))
         # Removals after the writes: an item removed while its rewrite was on
@@ -156,28 +166,45 @@ class QueueStore:
     def _write_file(self, item: QueueItem) -> QueueStoreError | None:
         path = self.path(item.id)
         try:
-            write_synced_and_rename(path, item.encode(), 0o600)
+            head, body = item.encode()
+            write_synced_and_rename(path, (head, *body.parts), 0o600)
         except OSError as e:
             return QueueStoreError(f"{path}: {e.strerror or e}")
         except Exception as e:
             # One bad item (say, unencodable) must not fail the others of its batch.
+            return QueueStoreError(f"{path}: {e}")
+        self._bodies[item.id] = _located(path, len(head), body.size)
+        return None
+
+    def _write_state(self, item: QueueItem) -> QueueStoreError | None:
+        path = self.state_path(item.id)
+        try:
+            write_synced_and_rename(path, (item.encode_state(),), 0o600)
+        except OSError as e:
+            return QueueStoreError(f"{path}: {e.strerror or e}")
+        except Exception as e:
             return QueueStoreError(f"{path}: {e}")
         return None
 
     def _write_segment(
         self, ops: Sequence[StoreOp], indexes: list[int], results: list[QueueStoreError | None]
     ) -> None:
-        parts: list[bytes] = []
+        parts: list[bytes | FileRange] = []
         ids: list[str] = []
+        where: list[tuple[int, int]] = []  # (offset, length) of each message
+        offset = 0
         for n in indexes:
             item = ops[n].item
             assert item is not None
             try:
-                parts.extend(item.encode())
+                head, body = item.encode()
             except Exception as e:
                 results[n] = QueueStoreError(f"{self.path(item.id)}: {e}")
                 continue
+            parts.extend((head, *body.parts))
             ids.append(item.id)
+            where.append((offset + len(head), body.size))
+            offset += len(head) + body.size
         if not ids:
             return
         segment = new_id()
@@ -190,12 +217,17 @@ class QueueStore:
                 results[n] = results[n] or error
             return
         self._live[segment] = set(ids)
-        for item_id in ids:
+        for item_id, (start, length) in zip(ids, where, strict=True):
             self._segment_of[item_id] = segment
+            self._bodies[item_id] = _located(path, start, length)
 
     def _remove(self, item_id: str, done: dict[str, list[str]]) -> None:
         """Delete the item's own files and release its segment copy."""
-        paths = [self.path(item_id)]
+        # The message first: a crash between the two leaves a state file
+        # without an item, which load() deletes, rather than an item whose
+        # older state would deliver again to recipients already done.
+        paths = [self.path(item_id), self.state_path(item_id)]
+        self._bodies.pop(item_id, None)
         stray = self._strays.pop(item_id, None)
         if stray is not None:
             paths.append(stray)
@@ -262,11 +294,34 @@ class QueueStore:
                     _unlink(self.directory / name)
         for segment in sorted(segments):
             self._load_segment(segment, items)
-        # Own files after segments: an item's own file is its later version.
+        # Own files after segments: an item's own file is its later version
+        # (written so by earlier versions, which rewrote whole items).
         for name in names:
             if name.startswith(FILE_PREFIX):
                 self._load_file(self.directory / name, items)
+        for item_id, item in items.items():
+            self._bodies[item_id] = item.body
+        # State files last: an item's latest envelope, over its message.
+        for name in names:
+            if name.startswith(STATE_PREFIX):
+                self._load_state(self.directory / name, items)
+            elif name.startswith(SPOOL_PREFIX):
+                # A message whose reception a crash cut short: never accepted.
+                with contextlib.suppress(OSError):
+                    _unlink(self.directory / name)
         return list(items.values())
+
+    def _load_state(self, path: Path, items: dict[str, QueueItem]) -> None:
+        state = _read_or_log(path, read_state, "queue state file")
+        if state is None:
+            return
+        base = items.get(state.id)
+        if base is None or path != self.state_path(state.id):
+            # Its item was finished (a crash came before this file's removal).
+            with contextlib.suppress(OSError):
+                _unlink(path)
+            return
+        items[state.id] = state.with_body(base.body)
 
     def _load_segment(self, segment: str, items: dict[str, QueueItem]) -> None:
         path = self._segment_path(segment)
@@ -306,14 +361,8 @@ class QueueStore:
             self._segment_of[item_id] = segment
 
     def _load_file(self, path: Path, items: dict[str, QueueItem]) -> None:
-        try:
-            with open(path, "rb") as f:
-                item = read_item(f, str(path))
-        except QueueFormatError as e:
-            log.error("skipping queue file: %s", e)
-            return
-        except OSError as e:
-            log.error("skipping queue file %s: %s", path, e.strerror or e)
+        item = _read_or_log(path, read_item, "queue file")
+        if item is None:
             return
         if item.id in items and item.id not in self._segment_of:
             log.error(
@@ -329,3 +378,22 @@ class QueueStore:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _located(path: Path, offset: int, length: int) -> Body:
+    """The body of a message written at ``offset`` of ``path``."""
+    return Body((FileRange(str(path), offset, length),)) if length else Body()
+
+
+def _read_or_log(
+    path: Path, read: Callable[[BinaryIO, str], QueueItem], what: str
+) -> QueueItem | None:
+    """The item a file holds, or None after logging why it cannot be read (it stays)."""
+    try:
+        with open(path, "rb") as f:
+            return read(f, str(path))
+    except QueueFormatError as e:
+        log.error("skipping %s: %s", what, e)
+    except OSError as e:
+        log.error("skipping %s %s: %s", what, path, e.strerror or e)
+    return None

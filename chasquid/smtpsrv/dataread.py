@@ -1,13 +1,15 @@
 """The DATA reader: strict CRLF, dot-unstuffing, end marker and size limit (spec/10 §7.1).
 
 Data is scanned in large chunks with bytes methods; there is no per-line Python
-loop.  The stored message has LF line endings and no stuffing dots.
+loop.  The stored message has LF line endings and no stuffing dots; it is
+handed on piece by piece as it is read (to the session's spool), never
+gathered in memory here.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from chasquid.errors import ChasquidError
 
@@ -27,7 +29,9 @@ class DataReader:
     """Incremental parser: ``feed`` chunks until it returns the leftover bytes.
 
     ``max_size`` bounds the raw wire octets (including CRs, stuffing dots and
-    the final ``.CRLF``); past it, data is validated but no longer stored.
+    the final ``.CRLF``); past it, data is validated but no longer handed on.
+    ``take`` returns the message bytes decoded by the ``feed`` calls since the
+    last ``take``.
     """
 
     def __init__(self, max_size: int) -> None:
@@ -94,9 +98,11 @@ class DataReader:
             self.size += len(self._pending) - 2
             self._pending = bytearray(b"x" + self._pending[-1:])
 
-    def message(self) -> bytes:
-        """The message read so far (LF line endings, unstuffed)."""
-        return b"".join(self._parts)
+    def take(self) -> bytes:
+        """The message bytes decoded since the last call (LF line endings, unstuffed)."""
+        data = b"".join(self._parts)
+        self._parts = []
+        return data
 
 
 def _unstuff(lines: bytes) -> bytes:
@@ -118,13 +124,18 @@ def push_back(reader: asyncio.StreamReader, data: bytes) -> None:
 
 
 async def read_data(
-    reader: asyncio.StreamReader, max_size: int, *, before_read: Callable[[], None] = lambda: None
+    reader: asyncio.StreamReader,
+    max_size: int,
+    sink: Callable[[bytes], Awaitable[None]],
+    *,
+    before_read: Callable[[], None] = lambda: None,
 ) -> DataReader:
-    """Read one DATA payload from ``reader``; the returned reader holds the result.
+    """Read one DATA payload from ``reader``, handing the message to ``sink`` as it comes.
 
-    ``before_read`` is called before every read (the session resets its idle
-    timer there). Raises BadLineEnding (reply 521 and close) or DataReadError
-    (554 5.4.0).
+    The returned reader says whether the message was too big (then ``sink``
+    got only its start). ``before_read`` is called before every read (the
+    session resets its idle timer there). Raises BadLineEnding (reply 521 and
+    close) or DataReadError (554 5.4.0).
     """
     dr = DataReader(max_size)
     while True:
@@ -136,6 +147,9 @@ async def read_data(
         if not chunk:
             raise DataReadError("unexpected EOF while reading DATA")
         leftover = dr.feed(chunk)
+        data = dr.take()
+        if data and not dr.too_big:
+            await sink(data)
         if leftover is not None:
             push_back(reader, leftover)
             return dr

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from chasquid.confdir.dkimkeys import DKIMKey, KeyAlgorithm
 from chasquid.errors import ChasquidError
 from chasquid.mailauth import dkimsign, dkimverify
+from chasquid.msgbody import Body
 from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 
@@ -29,21 +30,22 @@ class SigningFailed(ChasquidError):
     """The message could not be signed; the session answers 451 and keeps nothing."""
 
 
-async def sign(message: bytes, keys: Sequence[DKIMKey], counters: Counters) -> bytes:
-    """The DKIM-Signature fields to prepend to message (LF line ends), last key's on top.
+async def sign(section: bytes, body: Body, keys: Sequence[DKIMKey], counters: Counters) -> bytes:
+    """The DKIM-Signature fields to prepend to a message (LF line ends), last key's on top.
 
-    No keys: nothing to add. Raises SigningFailed (logged and counted).
+    The message is its header section and its body, which is hashed as it
+    is read from disk (in a thread) unless small and in memory. No keys:
+    nothing to add. Raises SigningFailed (logged and counted).
     """
     if not keys:
         return b""
-    cheap = len(message) <= INLINE_SIGN_BYTES and all(
-        k.algorithm is KeyAlgorithm.ED25519 for k in keys
-    )
+    small = body.in_memory() and len(section) + body.size <= INLINE_SIGN_BYTES
+    cheap = small and all(k.algorithm is KeyAlgorithm.ED25519 for k in keys)
     try:
         if cheap:
-            fields = dkimsign.sign(message, keys)
+            fields = dkimsign.sign_parts(section, body.read(), keys)
         else:
-            fields = await asyncio.to_thread(dkimsign.sign, message, keys)
+            fields = await asyncio.to_thread(dkimsign.sign_parts, section, body.pieces, keys)
     except dkimsign.SigningError as e:
         counters.inc(metrics.DKIM_SIGN_ERRORS)
         log.error("DKIM signing failed for %s: %s", keys[0].domain, e)
@@ -53,10 +55,18 @@ async def sign(message: bytes, keys: Sequence[DKIMKey], counters: Counters) -> b
 
 
 async def verify(
-    message: bytes, counters: Counters, lookup: dkimverify.KeyLookup | None = None
+    section: bytes, body: Body, counters: Counters, lookup: dkimverify.KeyLookup | None = None
 ) -> list[str]:
-    """Verify message's signatures; the `;dkim=` lines for Authentication-Results."""
-    result = await dkimverify.verify(message, lookup=lookup)
+    """Verify a message's signatures; the `;dkim=` lines for Authentication-Results.
+
+    The body is read (from disk, in a thread) only if a signature needs its hash.
+    """
+    result = await dkimverify.verify_parts(
+        section,
+        body.read() if body.in_memory() else body.pieces,
+        lookup=lookup,
+        offload=len(section) + body.size > dkimverify.OFFLOAD_BYTES,
+    )
     if result.error is not None:
         counters.inc(metrics.DKIM_VERIFY_ERRORS)
         return []

@@ -45,6 +45,8 @@ _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ "
 )
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: The longest header line read (RFC 5322 allows 998 octets; mail seen in the wild, more).
+MAX_HEADER_LINE = 1024 * 1024
 
 
 class HeaderError(ChasquidError):
@@ -188,16 +190,75 @@ def check_header_section(data: bytes) -> int:
 
     Raises HeaderError with a detail when the section cannot be parsed.
     """
-    if not data:
-        raise HeaderError("unexpected EOF: the message is empty")
-    if data.startswith(b"\n"):
-        return 0
-    end = data.find(b"\n\n")
-    section = data if end < 0 else data[: end + 1]
-    received_count = 0
-    for lineno, line in enumerate(section.split(b"\n"), 1):
-        if not line:
-            continue
+    scanner = HeaderScanner()
+    scanner.feed(data)
+    return scanner.finish()
+
+
+class HeaderScanner:
+    """``check_header_section`` over a message that arrives in pieces.
+
+    Only the line being read is held (at most MAX_HEADER_LINE bytes); the
+    scan stops at the end of the header section. ``feed`` raises HeaderError
+    as soon as a line is bad; ``finish`` checks the last line and returns the
+    number of ``Received`` fields.
+    """
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.done = False
+        #: Where the header section ends and the body starts (offsets, set once known).
+        self.header_end = 0
+        self.body_start = 0
+        self._started = False
+        self._lineno = 0
+        self._partial = b""
+        self._consumed = 0  # bytes of the message before _partial
+
+    def feed(self, data: bytes) -> None:
+        """Scan the next piece of the message."""
+        if self.done or not data:
+            return
+        if not self._started:
+            self._started = True
+            if data.startswith(b"\n"):
+                self._end_of_section(0)  # no header section at all
+                return
+        buf = self._partial + data
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            line = buf[start:end]
+            if not line:
+                self._end_of_section(self._consumed + start)
+                return
+            start = end + 1
+            self._line(line)
+        self._consumed += start
+        self._partial = buf[start:]
+        if len(self._partial) > MAX_HEADER_LINE:
+            raise HeaderError(f"line {self._lineno + 1}: header line too long")
+
+    def _end_of_section(self, offset: int) -> None:
+        self.done = True
+        self._partial = b""
+        self.header_end, self.body_start = offset, offset + 1
+
+    def finish(self) -> int:
+        """The number of ``Received`` fields, once the whole message was fed."""
+        if not self._started:
+            raise HeaderError("unexpected EOF: the message is empty")
+        if not self.done:
+            if self._partial:
+                self._line(self._partial)
+            # No empty line: it is all header section.
+            end = self._consumed + len(self._partial)
+            self.header_end = self.body_start = end
+        self.done = True
+        return self.received
+
+    def _line(self, line: bytes) -> None:
+        self._lineno += 1
+        lineno = self._lineno
         if line[0] in b" \t":
             if lineno == 1:
                 raise HeaderError(f"line {lineno}: continuation line without a header field")
@@ -209,10 +270,9 @@ def check_header_section(data: bytes) -> int:
             if not name.strip(b" ") or not _TOKEN_CHARS.issuperset(name):
                 raise HeaderError(f"line {lineno}: malformed header field name {name!r}")
             if name.rstrip(b" ").lower() == b"received":
-                received_count += 1
+                self.received += 1
         if _CONTROL.search(value):
             raise HeaderError(f"line {lineno}: control character in header value")
-    return received_count
 
 
 def hook_output_is_valid(out: bytes) -> bool:

@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from chasquid.msgbody import Body
 from chasquid.programs.hooks import HookError, HookMissingError, run_hook
+from chasquid.programs.process import ProgramInputError
 from chasquid.smtpsrv.headers import hook_output_is_valid
 
 log = logging.getLogger("chasquid.smtpsrv")
@@ -81,14 +83,14 @@ def _last_line(stdout: bytes) -> str:
 
 
 async def run_post_data(
-    path: Path, message: bytes, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT
+    path: Path, message: Body, env: Mapping[str, str], cwd: Path, timeout: float = TIMEOUT
 ) -> HookOutcome:
-    """Run the hook on ``message`` and interpret its exit status and output."""
+    """Run the hook on ``message`` (streamed to its stdin) and interpret its exit and output."""
     try:
-        result = await run_hook(path, (), stdin=message, env=env, cwd=cwd, timeout=timeout)
+        result = await run_hook(path, (), stdin=message.reader(), env=env, cwd=cwd, timeout=timeout)
     except HookMissingError:
         return HookOutcome()
-    except HookError as e:
+    except (HookError, ProgramInputError) as e:
         log.info("post-data hook failed to run: %s", e)
         return HookOutcome(reply_code=451, reply_text="", result="fail")
     if not result.ok:

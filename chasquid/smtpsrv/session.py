@@ -26,6 +26,7 @@ from chasquid.confdir.aliases import AliasError
 from chasquid.confdir.domaininfo import SecLevel
 from chasquid.goquote import go_quote
 from chasquid.mailauth import authres
+from chasquid.msgbody import Body
 from chasquid.normalize import (
     NormalizationError,
     normalize_domain,
@@ -41,6 +42,7 @@ from chasquid.smtpsrv.dataread import BadLineEnding, DataReadError, read_data
 from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
 from chasquid.smtpsrv.registry import client_key
 from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
+from chasquid.smtpsrv.spool import Spool
 from chasquid.telemetry import metrics
 from chasquid.telemetry.maillog import format_client
 
@@ -629,22 +631,31 @@ class SMTPSession(SMTP):
             left = self.ctx.lifetime - (time.monotonic() - self.started)
             self._reset_timeout(max(min(self.ctx.data_idle_timeout, left), 1.0))
 
+        incoming = _Incoming(Spool(self.ctx.queue.store.directory))
         try:
-            result = await read_data(self._reader, self.ctx.max_data_size, before_read=before_read)
+            result = await read_data(
+                self._reader, self.ctx.max_data_size, incoming.write, before_read=before_read
+            )
         except BadLineEnding as e:
+            incoming.spool.discard()
             self._log_error(f"DATA closed the connection: {e}")
             await self._send(521, "5.5.2 Error reading DATA: invalid line ending")
             return _CLOSE
         except DataReadError as e:
+            incoming.spool.discard()
             return Reply(554, f"5.4.0 Error reading DATA: {e}")
+        except BaseException:
+            incoming.spool.discard()
+            raise
         finally:
             self._reset_timeout(COMMAND_TIMEOUT)
         if result.too_big:
+            incoming.spool.discard()
             return Reply(552, "5.3.4 Message too big")
         # The client vanishing now cancels this handler; the message must still
         # be queued (or rejected) as a whole, never half-done, so processing runs
         # as its own task that only a finished queue write ends.
-        work = asyncio.ensure_future(self._process(result.message()))
+        work = asyncio.ensure_future(self._process(incoming))
         self.ctx.sessions.keep(work)
         reply = await asyncio.shield(work)
         if reply.code == 250:
@@ -657,14 +668,22 @@ class SMTPSession(SMTP):
     def _reject(self, reason: str) -> None:
         self.ctx.maillog.rejected(self.client, self.mail_from or "<>", self.rcpts, reason)
 
-    async def _process(self, data: bytes) -> Reply:
-        """Steps of §7.2 after a successful read."""
+    async def _process(self, incoming: _Incoming) -> Reply:
+        """Steps of §7.2 after a successful read; the spool is gone when this returns."""
         try:
-            received = headers.check_header_section(data)
+            return await self._check_and_queue(incoming)
+        finally:
+            incoming.spool.discard()
+
+    async def _check_and_queue(self, incoming: _Incoming) -> Reply:
+        try:
+            received = incoming.finish()
         except headers.HeaderError as e:
             text = f"5.6.0 Error parsing message: {e}"
             self._reject(text)
             return Reply(554, text)
+        except OSError as e:
+            return Reply(451, f"4.3.0 Failed to queue message: spooling it: {e.strerror or e}")
         if received > self.ctx.max_received_headers:
             self.ctx.counters.inc(metrics.SMTP_IN_LOOPS)
             text = f"5.4.6 Loop detected ({self.ctx.max_received_headers} hops)"
@@ -672,18 +691,25 @@ class SMTPSession(SMTP):
             return Reply(554, text)
 
         sender = self.mail_from or ""
+        data = incoming.spool.body()
+        # The header section is small and read whole; the body is only ever
+        # read piece by piece (hashed for DKIM, copied into the queue).
+        section = await asyncio.to_thread(data.read, incoming.header_end)
+        body = data.slice(incoming.body_start)
         signatures = b""
         dkim_lines: list[str] = []
         if self.authenticated:
             keys = self.ctx.domains().dkim.for_domain(sender.rpartition("@")[2])
             try:
-                signatures = await dkimstep.sign(data, keys, self.ctx.counters)
+                signatures = await dkimstep.sign(section, body, keys, self.ctx.counters)
             except dkimstep.SigningFailed:
                 return Reply(451, "4.3.0 DKIM signing failed")
         else:
-            dkim_lines = await dkimstep.verify(data, self.ctx.counters)
+            dkim_lines = await dkimstep.verify(section, body, self.ctx.counters)
         # Filters downstream trust our authserv-id: a message must not bring one.
-        data = authres.remove_forged(data, (self.hostname_now, self.ctx.hostname))
+        kept = authres.remove_forged_fields(section, (self.hostname_now, self.ctx.hostname))
+        if kept is not section:
+            data = data.slice(incoming.header_end).prepend(kept)
         added = [
             headers.format_header(
                 "Received",
@@ -707,15 +733,14 @@ class SMTPSession(SMTP):
             if results is not None:
                 added.append(headers.format_header(authres.NAME, results))
         added.reverse()
-        message = b"".join(added) + signatures + data
+        message = data.prepend(b"".join(added) + signatures)
 
         outcome = await self._run_hook(message)
         self.ctx.counters.inc(metrics.SMTP_IN_HOOK_RESULTS, f"post-data:{outcome.result}")
         if outcome.reply_code:
             self._reject(outcome.reply_text)
             return Reply(outcome.reply_code, outcome.reply_text)
-        if outcome.headers:
-            message = outcome.headers + message
+        message = message.prepend(outcome.headers)
 
         try:
             item_id = await self.ctx.queue.put(sender, list(self.rcpts), message)
@@ -724,7 +749,7 @@ class SMTPSession(SMTP):
         self.ctx.maillog.queued(self.client, sender or "<>", self.rcpts, item_id)
         return Reply(250, f"2.0.0 Queued as {item_id}")
 
-    async def _run_hook(self, message: bytes) -> posthook.HookOutcome:
+    async def _run_hook(self, message: Body) -> posthook.HookOutcome:
         path = self.ctx.config_dir.post_data_hook
         try:
             # A plain stat on every message (the hook may appear at any time);
@@ -746,6 +771,46 @@ class SMTPSession(SMTP):
             spf_pass=self.spf is not None and self.spf.result == "pass",
         )
         return await posthook.run_post_data(path, message, env, self.ctx.config_dir.root)
+
+
+class _Incoming:
+    """A message being received: its header section checked and its bytes spooled as they come.
+
+    A bad header section is only reported at the end of DATA (the client is
+    still sending); from then on nothing more is kept. So is a spool that
+    cannot be written (a full disk): the reply is then a temporary failure.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self._scanner = headers.HeaderScanner()
+        self._error: headers.HeaderError | OSError | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        try:
+            self._scanner.feed(data)
+            await self.spool.write(data)
+        except (headers.HeaderError, OSError) as e:
+            self._error = e
+            self.spool.discard()
+
+    def finish(self) -> int:
+        """The number of Received fields; raises what went wrong while reading."""
+        if self._error is not None:
+            raise self._error
+        return self._scanner.finish()
+
+    @property
+    def header_end(self) -> int:
+        """Where the message's header section ends (after ``finish``)."""
+        return self._scanner.header_end
+
+    @property
+    def body_start(self) -> int:
+        """Where the message's body starts (after ``finish``)."""
+        return self._scanner.body_start
 
 
 class _LineTooLong(Exception):

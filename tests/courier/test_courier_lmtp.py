@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from aiosmtpd.lmtp import LMTP
+from helpers.bigbody import big_body, crlf
 
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.lmtp import LMTPCourier, parse_address
+from chasquid.msgbody import Body
 
 
 class Handler:
@@ -151,7 +153,9 @@ KINDS = ["unix", "tcp", "unix+pipelining", "tcp+pipelining"]
 @pytest.mark.parametrize("kind", KINDS)
 def test_delivers_with_exact_data(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        await courier.deliver("from@x", "user@dom", b"Subject: t\n\n.dot line\n..two\nlast")
+        await courier.deliver(
+            "from@x", "user@dom", Body.of(b"Subject: t\n\n.dot line\n..two\nlast")
+        )
         assert server.handler.delivered == [
             (
                 "from@x",
@@ -168,7 +172,7 @@ def test_delivers_with_exact_data(kind: str, sockdir: Path) -> None:
 def test_per_recipient_results(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
         rcpts = ["ok1@d", "bad@d", "later@d", "norcpt@d", "tmprcpt@d", "ok2@d"]
-        results = await courier.deliver_many("<>", rcpts, b"Subject: x\n\nbody\n")
+        results = await courier.deliver_many("<>", rcpts, Body.of(b"Subject: x\n\nbody\n"))
         assert list(results) != []
         assert results["ok1@d"] is None
         assert results["ok2@d"] is None
@@ -189,7 +193,7 @@ def test_per_recipient_results(kind: str, sockdir: Path) -> None:
 def test_deliver_raises_delivery_error(sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
         with pytest.raises(DeliveryError) as info:
-            await courier.deliver("a@b", "bad@d", b"x\n")
+            await courier.deliver("a@b", "bad@d", Body.of(b"x\n"))
         assert info.value.permanent
 
     run("unix", sockdir, scenario)
@@ -199,10 +203,12 @@ def test_deliver_raises_delivery_error(sockdir: Path) -> None:
 def test_pool_reuses_connections(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
         for i in range(3):
-            await courier.deliver("a@b", f"u{i}@d", b"x\n")
+            await courier.deliver("a@b", f"u{i}@d", Body.of(b"x\n"))
         assert len(server.protocols) == 1
         assert courier.connections_opened == 1
-        await asyncio.gather(*(courier.deliver("a@b", f"c{i}@d", b"x\n") for i in range(8)))
+        await asyncio.gather(
+            *(courier.deliver("a@b", f"c{i}@d", Body.of(b"x\n")) for i in range(8))
+        )
         assert len(server.handler.delivered) == 11
         assert 1 <= len(server.protocols) <= 2
 
@@ -212,12 +218,12 @@ def test_pool_reuses_connections(kind: str, sockdir: Path) -> None:
 @pytest.mark.parametrize("kind", ["unix", "unix+pipelining"])
 def test_stale_pooled_connection_is_replaced(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        await courier.deliver("a@b", "u1@d", b"x\n")
+        await courier.deliver("a@b", "u1@d", Body.of(b"x\n"))
         for p in server.protocols:
             if p.transport is not None:
                 p.transport.close()
         await asyncio.sleep(0.05)
-        await courier.deliver("a@b", "u2@d", b"x\n")
+        await courier.deliver("a@b", "u2@d", Body.of(b"x\n"))
         assert [d[1][0] for d in server.handler.delivered] == ["u1@d", "u2@d"]
         assert len(server.protocols) == 2
 
@@ -227,7 +233,7 @@ def test_stale_pooled_connection_is_replaced(kind: str, sockdir: Path) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_server_closing_mid_way_retries_once_on_fresh_connection(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        results = await courier.deliver_many("a@b", ["u1@d", "u2@d"], b"x\n")
+        results = await courier.deliver_many("a@b", ["u1@d", "u2@d"], Body.of(b"x\n"))
         assert results == {"u1@d": None, "u2@d": None}
         assert len(server.protocols) == 2
         assert len(server.handler.delivered) == 2
@@ -238,7 +244,7 @@ def test_server_closing_mid_way_retries_once_on_fresh_connection(kind: str, sock
 @pytest.mark.parametrize("kind", ["tcp", "tcp+pipelining"])
 def test_server_closing_twice_is_temporary(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        results = await courier.deliver_many("a@b", ["u1@d", "bad@d"], b"x\n")
+        results = await courier.deliver_many("a@b", ["u1@d", "bad@d"], Body.of(b"x\n"))
         for r in ("u1@d", "bad@d"):
             err = results[r]
             assert err is not None
@@ -247,7 +253,7 @@ def test_server_closing_twice_is_temporary(kind: str, sockdir: Path) -> None:
         assert len(server.protocols) == 2
         assert server.handler.delivered == []
         # The pool recovers: the next delivery works.
-        await courier.deliver("a@b", "u3@d", b"x\n")
+        await courier.deliver("a@b", "u3@d", Body.of(b"x\n"))
         assert len(server.handler.delivered) == 1
 
     run(kind, sockdir, scenario, Handler(close_on_data=2))
@@ -257,7 +263,7 @@ def test_unreachable_server_is_temporary(sockdir: Path) -> None:
     async def main() -> None:
         courier = LMTPCourier(str(sockdir / "nothing.sock"), "h", 1, timeout=2)
         with pytest.raises(DeliveryError) as info:
-            await courier.deliver("a@b", "u@d", b"x\n")
+            await courier.deliver("a@b", "u@d", Body.of(b"x\n"))
         assert not info.value.permanent
         assert "connecting" in info.value.message
 
@@ -266,7 +272,7 @@ def test_unreachable_server_is_temporary(sockdir: Path) -> None:
 
 def test_smtputf8_used_when_offered(sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        await courier.deliver("ñandú@x", "jósé@dóm", "Subject: ñ\n\nñ\n".encode())
+        await courier.deliver("ñandú@x", "jósé@dóm", Body.of("Subject: ñ\n\nñ\n".encode()))
         (mail_from, rcpts, content, options) = server.handler.delivered[0]
         assert (mail_from, rcpts) == ("ñandú@x", ["jósé@dóm"])
         assert "SMTPUTF8" in options
@@ -277,7 +283,7 @@ def test_smtputf8_used_when_offered(sockdir: Path) -> None:
 
 def test_non_ascii_without_smtputf8(sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        results = await courier.deliver_many("a@b", ["jósé@d", "user@dóm"], b"x\n")
+        results = await courier.deliver_many("a@b", ["jósé@d", "user@dóm"], Body.of(b"x\n"))
         err = results["jósé@d"]
         assert err is not None
         assert err.permanent
@@ -303,7 +309,7 @@ def test_refused_sender_fails_every_recipient_and_keeps_the_connection(
     kind: str, sockdir: Path
 ) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
-        results = await courier.deliver_many("nomail@x", ["u1@d", "u2@d"], b"x\n")
+        results = await courier.deliver_many("nomail@x", ["u1@d", "u2@d"], Body.of(b"x\n"))
         for r in ("u1@d", "u2@d"):
             err = results[r]
             assert err is not None
@@ -312,7 +318,7 @@ def test_refused_sender_fails_every_recipient_and_keeps_the_connection(
                 "LMTP MAIL: 451 4.3.0 sender refused for now",
             )
         assert server.handler.delivered == []
-        await courier.deliver("a@b", "u3@d", b"x\n")
+        await courier.deliver("a@b", "u3@d", Body.of(b"x\n"))
         assert [d[1] for d in server.handler.delivered] == [["u3@d"]]
         assert courier.connections_opened == 1
 
@@ -323,12 +329,12 @@ def test_refused_sender_fails_every_recipient_and_keeps_the_connection(
 def test_no_rset_between_successful_transactions(kind: str, sockdir: Path) -> None:
     async def scenario(server: Server, courier: LMTPCourier) -> None:
         for i in range(3):
-            await courier.deliver("a@b", f"u{i}@d", b"x\n")
+            await courier.deliver("a@b", f"u{i}@d", Body.of(b"x\n"))
         assert server.handler.rsets == 0
         # A refused transaction is reset, so the next one starts clean.
-        assert (await courier.deliver_many("a@b", ["norcpt@d"], b"x\n"))["norcpt@d"]
+        assert (await courier.deliver_many("a@b", ["norcpt@d"], Body.of(b"x\n")))["norcpt@d"]
         assert server.handler.rsets == 1
-        await courier.deliver("a@b", "u9@d", b"x\n")
+        await courier.deliver("a@b", "u9@d", Body.of(b"x\n"))
         assert [d[1][0] for d in server.handler.delivered] == ["u0@d", "u1@d", "u2@d", "u9@d"]
         assert courier.connections_opened == 1
 
@@ -350,7 +356,9 @@ def test_silent_server_times_out(pipelining: bool, sockdir: Path) -> None:
         courier = LMTPCourier(path, "h", 1, timeout=0.3)
         try:
             start = asyncio.get_running_loop().time()
-            results = await asyncio.wait_for(courier.deliver_many("a@b", ["u@d"], b"x\n"), 10)
+            results = await asyncio.wait_for(
+                courier.deliver_many("a@b", ["u@d"], Body.of(b"x\n")), 10
+            )
             elapsed = asyncio.get_running_loop().time() - start
         finally:
             server.close()
@@ -362,3 +370,33 @@ def test_silent_server_times_out(pipelining: bool, sockdir: Path) -> None:
         assert 0.5 < elapsed < 3
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp+pipelining"])
+def test_large_body_streams_from_its_file(kind: str, sockdir: Path, tmp_path: Path) -> None:
+    body, data = big_body(tmp_path / "message")
+
+    async def scenario(server: Server, courier: LMTPCourier) -> None:
+        assert await courier.deliver_many("a@b", ["u1@d", "u2@d"], body) == {
+            "u1@d": None,
+            "u2@d": None,
+        }
+        # What the server got back after undoing the dot-stuffing.
+        assert [d[2] for d in server.handler.delivered] == [crlf(data) + b"\r\n"] * 2
+
+    run(kind, sockdir, scenario)
+
+
+def test_unreadable_body_drops_the_connection(sockdir: Path, tmp_path: Path) -> None:
+    body, _ = big_body(tmp_path / "message")
+    path = tmp_path / "message"
+    path.write_bytes(path.read_bytes()[: 3 * 1024 * 1024])  # cut short
+
+    async def scenario(server: Server, courier: LMTPCourier) -> None:
+        results = await courier.deliver_many("a@b", ["u1@d"], body)
+        error = results["u1@d"]
+        assert error is not None and not error.permanent
+        assert "ends before its message does" in error.message
+        assert server.handler.delivered == []
+
+    run("unix", sockdir, scenario)

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.bigbody import big_body, crlf
 from helpers.programs import python_script
 
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.mda import MDACourier, sanitize, substitute_args
 from chasquid.courier.pipe import PipeCourier
+from chasquid.msgbody import Body
 
 DATA = b"Subject: hi\n\nline 1\r\nline 2\n\nlast"
 
@@ -30,7 +32,7 @@ with open(out + ".stdin", "wb") as f:
 
 
 def deliver(courier: MDACourier | PipeCourier, sender: str, rcpt: str, data: bytes) -> None:
-    asyncio.run(courier.deliver(sender, rcpt, data))
+    asyncio.run(courier.deliver(sender, rcpt, Body.of(data)))
 
 
 def failure(courier: MDACourier | PipeCourier, rcpt: str = "u@d") -> DeliveryError:
@@ -214,3 +216,28 @@ def test_pipe_failures_are_permanent(tmp_path: Path) -> None:
 def test_pipe_that_ignores_stdin_succeeds(tmp_path: Path) -> None:
     prog = python_script(tmp_path / "noread", "sys.exit(0)")
     deliver(PipeCourier(tmp_path), "s@x", str(prog), b"x" * (4 * 1024 * 1024))
+
+
+def test_large_body_streams_from_its_file(tmp_path: Path) -> None:
+    body, data = big_body(tmp_path / "message")
+    prog = python_script(tmp_path / "mda", RECORDER)
+    asyncio.run(
+        MDACourier(str(prog), (str(tmp_path / "rec"),), tmp_path).deliver("a@x", "b@y", body)
+    )
+    assert (tmp_path / "rec.stdin").read_bytes() == crlf(data)
+    pipe = python_script(tmp_path / "pipe", RECORDER)
+    asyncio.run(PipeCourier(tmp_path).deliver("a@x", f"{pipe} {tmp_path / 'p'}", body))
+    assert (tmp_path / "p.stdin").read_bytes() == data
+
+
+def test_unreadable_body_is_a_temporary_failure(tmp_path: Path) -> None:
+    body, _ = big_body(tmp_path / "message")
+    (tmp_path / "message").unlink()
+    prog = python_script(tmp_path / "mda", RECORDER)
+    with pytest.raises(DeliveryError) as info:
+        asyncio.run(
+            MDACourier(str(prog), (str(tmp_path / "rec"),), tmp_path).deliver("a@x", "b@y", body)
+        )
+    assert not info.value.permanent
+    assert "No such file" in info.value.message
+    assert not (tmp_path / "rec.stdin").exists()

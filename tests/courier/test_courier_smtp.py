@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import trustme
+from helpers.bigbody import big_body, crlf
 from helpers.smtppeers import Handler, Net, raw_server, smtp_server
 
 from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
 from chasquid.courier.base import DeliveryError, Results
 from chasquid.courier.smtp import SMTPCourier, Timeouts
+from chasquid.msgbody import Body
 from chasquid.telemetry import metrics
 
 MSG = b"Subject: hi\n\nline one\n.leading dot\n..two dots\nlast"
@@ -43,7 +46,7 @@ def error_of(result: Results, rcpt: str) -> DeliveryError:
 async def deliver(
     courier: SMTPCourier, rcpts: list[str], sender: str = "a@src.test", *, via: Sequence[str] = ()
 ) -> Results:
-    return await courier.deliver_many(sender, rcpts, MSG, via=via)
+    return await courier.deliver_many(sender, rcpts, Body.of(MSG), via=via)
 
 
 def test_secure_delivery_records_level_and_sends_crlf_dot_stuffed_data(net: Net) -> None:
@@ -369,7 +372,7 @@ def test_deliver_raises_for_one_recipient(net: Net) -> None:
 
     async def run() -> None:
         async with smtp_server("127.0.0.2", net.port, handler=handler):
-            await net.courier().deliver("a@src.test", "x@dest.test", MSG)
+            await net.courier().deliver("a@src.test", "x@dest.test", Body.of(MSG))
 
     try:
         asyncio.run(run())
@@ -459,3 +462,33 @@ def test_huge_banner(net: Net) -> None:
 
 def test_rejecting_greeting(net: Net) -> None:
     _hostile(net, _bad_greeting, "Error creating client: 554 go away")
+
+
+def test_large_body_streams_from_its_file(net: Net, tmp_path: Path) -> None:
+    host = one_mx(net)
+    body, data = big_body(tmp_path / "message")
+
+    async def run() -> Handler:
+        async with smtp_server("127.0.0.2", net.port, tls=net.server_tls(host)) as h:
+            result = await net.courier().deliver_many("a@src.test", ["b@dest.test"], body)
+            assert result == {"b@dest.test": None}
+            return h
+
+    [msg] = asyncio.run(run()).received
+    assert msg.content == crlf(data) + b"\r\n"
+
+
+def test_unreadable_body_is_a_temporary_failure(net: Net, tmp_path: Path) -> None:
+    one_mx(net)
+    body, _ = big_body(tmp_path / "message")
+    path = tmp_path / "message"
+    path.write_bytes(path.read_bytes()[: 3 * 1024 * 1024])  # cut short
+
+    async def run() -> tuple[Handler, Results]:
+        async with smtp_server("127.0.0.2", net.port) as h:
+            return h, await net.courier().deliver_many("a@src.test", ["b@dest.test"], body)
+
+    h, result = asyncio.run(run())
+    error = error_of(result, "b@dest.test")
+    assert not error.permanent and "ends before its message does" in error.message
+    assert h.received == []

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from helpers.smtppeers import Handler, Net, smtp_server
 
+from chasquid.msgbody import Body
 from chasquid.telemetry import metrics
 from chasquid.tlsprofile import CLIENT_FALLBACK_CIPHERS, INTERMEDIATE_CIPHERS
 
@@ -54,7 +55,9 @@ def _deliver(net: Net, tls: ssl.SSLContext) -> TLSRecorder:
     async def run() -> TLSRecorder:
         handler = TLSRecorder()
         async with smtp_server("127.0.0.2", net.port, tls=tls, handler=handler):
-            result = await net.courier().deliver_many("a@src.test", ["b@dest.test"], b"x\n")
+            result = await net.courier().deliver_many(
+                "a@src.test", ["b@dest.test"], Body.of(b"x\n")
+            )
         assert result == {"b@dest.test": None}
         return handler
 

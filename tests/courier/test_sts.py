@@ -13,6 +13,7 @@ from helpers.smtppeers import Handler, Net, http_response, https_server, smtp_se
 
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.sts import cache_file_name, fetch_policy, policy_from_json, policy_to_json
+from chasquid.msgbody import Body
 from chasquid.stspolicy import Policy, StsError, mx_matches, parse_policy
 from chasquid.telemetry import metrics
 
@@ -228,7 +229,7 @@ def _deliver_with_policy(
             ) as mx1,
         ):
             courier = net.courier(sts=net.sts_cache())
-            result = await courier.deliver_many("a@src.test", ["x@dest.test"], b"hi\n")
+            result = await courier.deliver_many("a@src.test", ["x@dest.test"], Body.of(b"hi\n"))
             return result["x@dest.test"], mx0, mx1
 
     return asyncio.run(run())
@@ -269,7 +270,7 @@ def test_via_servers_ignore_the_policy(net: Net) -> None:
         ):
             courier = net.courier(sts=net.sts_cache())
             result = await courier.deliver_many(
-                "a@src.test", ["x@dest.test"], b"hi\n", via=["relay.test"]
+                "a@src.test", ["x@dest.test"], Body.of(b"hi\n"), via=["relay.test"]
             )
             return result["x@dest.test"], requests
 

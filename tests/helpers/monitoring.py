@@ -21,6 +21,7 @@ from chasquid.confdir.config import Config
 from chasquid.monitoring.exposition import BuildInfo
 from chasquid.monitoring.server import DEFAULT_LIMITS, Limits, MonitoringServer
 from chasquid.monitoring.sources import Flag, Sources
+from chasquid.msgbody import Body
 from chasquid.queue.item import QueuedRecipient, QueueItem
 from chasquid.telemetry.metrics import Counters
 from chasquid.telemetry.trace import Trace, Tracer
@@ -189,7 +190,7 @@ def queue_item(item_id: str, *rcpts: QueuedRecipient, age: float = 60) -> QueueI
         sender="sender@example.org",
         to=tuple(r.original_address or r.address for r in rcpts),
         rcpts=rcpts,
-        data=b"Subject: secret body text\r\n\r\nthe body must never show\r\n",
+        body=Body.of(b"Subject: secret body text\r\n\r\nthe body must never show\r\n"),
         created_at=datetime.now(UTC) - timedelta(seconds=age),
     )
 

@@ -28,6 +28,8 @@ from helpers.mail import parse_message, wait_until
 from helpers.ports import free_port
 from helpers.postfix import Postfix
 
+from chasquid.msgbody import Body
+
 OURS = "ours.test"
 
 
@@ -308,7 +310,9 @@ def test_smtp_courier_delivers_to_postfix_over_verified_starttls(
         domaininfo = DomainInfoStore(tmp_path / "domaininfo")
         courier = SMTPCourier("sender.interop.test", domaininfo)
         data = message("someone@sender.interop.test", rcpts[0], "from the courier")
-        results = asyncio.run(courier.deliver_many("someone@sender.interop.test", rcpts, data))
+        results = asyncio.run(
+            courier.deliver_many("someone@sender.interop.test", rcpts, Body.of(data))
+        )
     assert results == dict.fromkeys(rcpts, None)
     # Both recipients in one transaction (decision 10), each in its own Maildir.
     for user in ("alice", "bob"):

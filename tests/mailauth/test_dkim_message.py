@@ -52,3 +52,19 @@ def test_split_and_header_fields() -> None:
     for bad in (b" folded first\n", b"no colon here\n", b": empty name\n"):
         with pytest.raises(message.MessageFormatError):
             message.header_fields(bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=bodies, cuts=st.lists(st.integers(0, 7), max_size=12), relaxed=st.booleans())
+def test_body_hash_of_pieces_read_from_disk_is_the_same(
+    body: bytes, cuts: list[int], relaxed: bool
+) -> None:
+    # A body read from a file comes in pieces that cut lines anywhere.
+    pieces, pos = [], 0
+    for cut in cuts:
+        pieces.append(body[pos : pos + cut])
+        pos += cut
+    pieces.append(body[pos:])
+    for limit in (None, 3):
+        whole = message.body_hash(body, relaxed, limit, chunk_size=4)
+        assert message.body_hash(lambda: iter(pieces), relaxed, limit, chunk_size=4) == whole

@@ -283,3 +283,26 @@ def test_signed_header_names_counts_repeats(tmp_path: Path) -> None:
     names = dkimsign.signed_header_names(fields)
     assert names[:3] == [b"reply-to", b"to", b"to"]
     assert b"received" not in names
+
+
+def test_a_body_on_disk_signs_and_verifies_as_in_memory(
+    keys: dict[str, DKIMKey], dns: object, tmp_path: Path
+) -> None:
+    from chasquid.mailauth.dkimverify import verify_parts
+    from chasquid.mailauth.message import split
+    from chasquid.msgbody import Body, FileRange
+
+    data = MESSAGE + b"a line  with\t spaces \n" * 50_000
+    parts = split(data)
+    section = data[: parts.header_end]
+    path = tmp_path / "message"
+    path.write_bytes(data)
+    body = Body((FileRange(str(path), parts.body_start, len(data) - parts.body_start),))
+    on_disk = dkimsign.sign_parts(section, body.pieces, [keys["rsa"]], now=1_700_000_000)
+    assert on_disk == dkimsign.sign(data, [keys["rsa"]], now=1_700_000_000)
+    signature = on_disk[0]
+    v = asyncio.run(verify_parts(signature + section, body.pieces))
+    assert results(v) == ["pass"]
+    # A body changed on disk does not verify.
+    path.write_bytes(data.replace(b"spaces", b"SPACES", 1))
+    assert results(asyncio.run(verify_parts(signature + section, body.pieces))) == ["fail"]

@@ -10,6 +10,7 @@ from email.policy import default
 from helpers.mail import parse_message
 
 from chasquid.confdir.aliases import RecipientKind
+from chasquid.msgbody import Body
 from chasquid.queue.dsn import (
     MAX_ORIGINAL_DATA,
     build_dsn,
@@ -48,7 +49,7 @@ def make_item(
         sender=sender,
         to=tuple(r.original_address for r in rcpts),
         rcpts=tuple(rcpts),
-        data=data,
+        body=Body.of(data),
         created_at=datetime(2024, 3, 4, tzinfo=UTC),
     )
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import re
 import stat
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers.programs import shell_script
 
+from chasquid.msgbody import Body, FileRange
 from chasquid.queue import (
     Queue,
     QueuedRecipient,
@@ -93,14 +94,22 @@ def sample_item(data: bytes = b"Subject: hi\n\nbody\n") -> QueueItem:
                 ("mx1.remote.net", "mx2.remote.net:2525"),
             ),
         ),
-        data=data,
+        body=Body.of(data),
         created_at=datetime(2025, 6, 3, 10, 11, 12, 345678, tzinfo=UTC),
     )
 
 
 def encode_to_bytes(item: QueueItem) -> bytes:
-    head, data = item.encode()
-    return head + data
+    head, body = item.encode()
+    return head + body.read()
+
+
+def parse(raw: bytes, source: str) -> QueueItem:
+    """read_item over raw bytes written to a file; source names it in errors."""
+    with tempfile.TemporaryFile() as f:
+        f.write(raw)
+        f.seek(0)
+        return read_item(f, source)
 
 
 def test_ids_are_11_urlsafe_chars_and_differ() -> None:
@@ -111,11 +120,16 @@ def test_ids_are_11_urlsafe_chars_and_differ() -> None:
     assert not any(i.startswith("-") for i in ids)
 
 
-def test_item_round_trips_through_encoding() -> None:
+def test_item_round_trips_through_encoding(tmp_path: Path) -> None:
     item = sample_item(bytes(range(256)) * 10 + "café\n".encode())
-    back = read_item(io.BytesIO(encode_to_bytes(item)), "m:x")
-    assert back == item
-    assert back.data == item.data
+    path = tmp_path / "m:x"
+    path.write_bytes(encode_to_bytes(item))
+    with path.open("rb") as f:
+        back = read_item(f, str(path))
+    # The message is not read: the item says where it is in the file.
+    assert back.body.parts == (FileRange(str(path), len(item.encode()[0]), item.body.size),)
+    assert back.body.read() == item.body.read()
+    assert back.with_body(item.body) == item
 
 
 def test_encoded_file_is_header_line_envelope_then_raw_message() -> None:
@@ -124,8 +138,8 @@ def test_encoded_file_is_header_line_envelope_then_raw_message() -> None:
     first, rest = raw.split(b"\n", 1)
     magic, version, head_len, data_len = first.split()
     assert (magic, version) == (b"chasquid-queue-item", b"1")
-    assert int(data_len) == len(item.data)
-    assert rest[int(head_len) :] == b"\n" + item.data
+    assert int(data_len) == len(item.body.read())
+    assert rest[int(head_len) :] == b"\n" + item.body.read()
 
 
 def rewrite_envelope(raw: bytes, old: bytes, new: bytes) -> bytes:
@@ -168,7 +182,7 @@ def test_bad_files_are_rejected_with_a_clear_message(mangle: object, message: st
     raw = encode_to_bytes(sample_item())
     assert callable(mangle)
     with pytest.raises(QueueFormatError, match=re.escape(message)) as exc:
-        read_item(io.BytesIO(mangle(raw)), "/q/m:abc")
+        parse(mangle(raw), "/q/m:abc")
     assert str(exc.value).startswith("/q/m:abc: ")
 
 
@@ -178,7 +192,7 @@ def test_missing_created_at_means_epoch() -> None:
     stamp = b'"created_at":"' + item.created_at.isoformat().encode() + b'",'
     mangled = rewrite_envelope(raw, stamp, b"")
     assert mangled != raw
-    assert read_item(io.BytesIO(mangled), "f").created_at == EPOCH
+    assert parse(mangled, "f").created_at == EPOCH
 
 
 def test_store_writes_private_files_named_by_id(tmp_path: Path) -> None:
@@ -363,7 +377,7 @@ def test_update_write_error_is_logged_not_raised(
     assert "failed to write item" in caplog.text
 
 
-def test_items_and_data_are_not_copied(tmp_path: Path) -> None:
+def test_queued_messages_are_kept_on_disk_only(tmp_path: Path) -> None:
     queue, _ = make_queue(tmp_path)
     data = b"x" * (100 * 1024)
 
@@ -373,7 +387,10 @@ def test_items_and_data_are_not_copied(tmp_path: Path) -> None:
     item_id = asyncio.run(run())
     item = queue.get(item_id)
     assert item is not None
-    assert item.data is data
+    # No copy in memory: the item points into its file.
+    [part] = item.body.parts
+    assert isinstance(part, FileRange) and part.path == str(tmp_path / "queue" / f"m:{item_id}")
+    assert item.body.read() == data
     assert [i.id for i in queue.items()] == [item_id]
 
 
@@ -423,7 +440,7 @@ def test_concurrent_puts_and_removes_all_land_on_disk(tmp_path: Path) -> None:
         )
         new_ids = [i for i in ids if i is not None]
         assert len(set(new_ids)) == 39
-        on_disk = {item.id: item.data for item in QueueStore(tmp_path / "queue").load()}
+        on_disk = {item.id: item.body.read() for item in QueueStore(tmp_path / "queue").load()}
         assert set(on_disk) == set(new_ids)
         assert sorted(on_disk.values()) == sorted(b"%d\n" % n for n in range(1, 40))
         assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 40
@@ -442,7 +459,7 @@ def test_a_cancelled_put_is_still_written(tmp_path: Path) -> None:
         other_id = await other
         with pytest.raises(asyncio.CancelledError):
             await task
-        datas = sorted(item.data for item in QueueStore(tmp_path / "queue").load())
+        datas = sorted(item.body.read() for item in QueueStore(tmp_path / "queue").load())
         assert datas == [b"late\n", b"other\n"]
         assert queue.get(other_id) is not None
 
@@ -473,7 +490,7 @@ def test_stop_waits_for_writes_in_progress(tmp_path: Path) -> None:
             await asyncio.sleep(0)
         task.cancel()
         await queue.stop()
-        datas = [item.data for item in QueueStore(tmp_path / "queue").load()]
+        datas = [item.body.read() for item in QueueStore(tmp_path / "queue").load()]
         assert datas == [b"in flight\n"]
         await queue.stop()  # nothing pending: returns at once
 
@@ -488,13 +505,15 @@ def test_store_apply_reports_each_change_separately(tmp_path: Path) -> None:
         sender="f@x.org",
         to=("a@example.com",),
         rcpts=(),
-        data=b"1\n",
+        body=Body.of(b"1\n"),
         created_at=datetime.now(UTC),
     )
     # A directory in place of a file: its removal fails, the write next to it does not.
     (tmp_path / "queue" / "m:stuck").mkdir()
     (tmp_path / "queue" / "m:stuck" / "x").write_text("x")
-    results = store.apply([StoreOp(item_id="stuck"), StoreOp(item=item), StoreOp(item_id="gone")])
+    results = store.apply(
+        [StoreOp(item_id="stuck"), StoreOp(item=item, new=True), StoreOp(item_id="gone")]
+    )
     assert isinstance(results[0], QueueStoreError)
     assert "m:stuck" in str(results[0])
     assert results[1:] == [None, None]
@@ -520,7 +539,7 @@ def test_new_items_of_one_batch_share_a_segment(tmp_path: Path) -> None:
     # One completed item is listed as done and not loaded again.
     assert store.apply([StoreOp(item_id=items[0].id)]) == [None]
     assert (queue_dir / f"d:{segment[2:]}").read_text() == f"{items[0].id}\n"
-    assert sorted(i.data for i in QueueStore(queue_dir).load()) == [
+    assert sorted(i.body.read() for i in QueueStore(queue_dir).load()) == [
         b"message 1\n",
         b"message 2\n",
     ]
@@ -539,10 +558,12 @@ def test_a_rewritten_segment_item_loads_its_newer_version(tmp_path: Path) -> Non
     store.apply([StoreOp(item=a, new=True), StoreOp(item=b, new=True)])
     failed = a.with_status(0, RecipientStatus.FAILED, "boom")
     assert store.apply([StoreOp(item=failed)]) == [None]
-    assert (queue_dir / f"m:{a.id}").exists()
-    assert {i.id: i for i in QueueStore(queue_dir).load()}[a.id] == failed
+    # The newer envelope goes to a state file; the message stays in the segment.
+    assert (queue_dir / f"e:{a.id}").exists() and not (queue_dir / f"m:{a.id}").exists()
+    loaded = {i.id: i for i in QueueStore(queue_dir).load()}[a.id]
+    assert loaded == failed and loaded.body.read() == b"a\n"
 
-    # A restarted store removes both copies: the item's file and its segment entry.
+    # A restarted store removes both: the state file and the segment entry.
     restarted = QueueStore(queue_dir)
     restarted.load()
     restarted.remove(a.id)
@@ -572,7 +593,8 @@ def test_damaged_segment_keeps_its_good_items_and_its_file(
     (tmp_path / "s:damaged").write_bytes(raw[:-5])
     store = QueueStore(tmp_path)
     with caplog.at_level(logging.ERROR, logger="chasquid.queue"):
-        assert store.load() == [a]
+        [loaded] = store.load()
+    assert loaded.id == a.id and loaded.body.read() == b"a\n"
     assert "s:damaged" in caplog.text and "truncated" in caplog.text
     # What could not be read is never deleted, even once the rest is done.
     store.remove(a.id)
@@ -592,7 +614,7 @@ def test_concurrent_puts_are_written_together(tmp_path: Path) -> None:
     segments, _ = segment_files(tmp_path / "queue")
     # The first put goes alone; the 19 that queued behind it share one file.
     assert len(segments) == 1
-    loaded = {i.id: i.data for i in QueueStore(tmp_path / "queue").load()}
+    loaded = {i.id: i.body.read() for i in QueueStore(tmp_path / "queue").load()}
     assert loaded == {item_id: b"%d\n" % n for n, item_id in enumerate(ids)}
     assert counters.get(metrics.QUEUE_ITEMS_WRITTEN) == 20
 
@@ -618,19 +640,24 @@ def test_writes_are_acknowledged_before_the_removals_of_their_batch(tmp_path: Pa
         await removal
 
     asyncio.run(run())
-    assert [i.data for i in QueueStore(tmp_path / "queue").load()] == [b"2\n"]
+    assert [i.body.read() for i in QueueStore(tmp_path / "queue").load()] == [b"2\n"]
 
 
-def test_a_rewrite_releases_the_segment_copy(tmp_path: Path) -> None:
+def test_a_rewrite_never_moves_the_message(tmp_path: Path) -> None:
     store = QueueStore(tmp_path)
     a, b = sample_item(b"a\n"), sample_item(b"b\n")
     store.apply([StoreOp(item=a, new=True), StoreOp(item=b, new=True)])
     (segment,), _ = segment_files(tmp_path)
-    # a's first attempt failed: its own file now holds it, the segment's copy is done.
+    where = store.body(a.id)
+    # a's first attempt failed: only its envelope is written again.
     failed = a.with_status(0, RecipientStatus.PENDING, "try later")
     store.apply([StoreOp(item=failed)])
-    assert (tmp_path / f"d:{segment[2:]}").read_text() == f"{a.id}\n"
-    # b delivered: nothing needs the segment any more, though a is still queued.
+    assert store.body(a.id) == where
+    # b delivered: the segment stays, it holds a's message.
     store.remove(b.id)
-    assert sorted(os.listdir(tmp_path)) == [f"m:{a.id}"]
-    assert QueueStore(tmp_path).load() == [failed]
+    assert sorted(os.listdir(tmp_path)) == [f"d:{segment[2:]}", f"e:{a.id}", segment]
+    [loaded] = QueueStore(tmp_path).load()
+    assert loaded == failed and loaded.body.read() == b"a\n"
+    # a done: nothing is left.
+    store.remove(a.id)
+    assert os.listdir(tmp_path) == []

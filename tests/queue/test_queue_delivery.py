@@ -18,6 +18,7 @@ from chasquid.confdir.aliases import Recipient, RecipientKind
 from chasquid.courier.base import DeliveryError
 from chasquid.courier.mda import MDACourier
 from chasquid.courier.pipe import PipeCourier
+from chasquid.msgbody import Body
 from chasquid.queue.delivery import (
     Couriers,
     Delivery,
@@ -67,7 +68,7 @@ class RecordingRemote:
     error: DeliveryError | None = None
 
     async def deliver_many(
-        self, sender: str, rcpts: Sequence[str], data: bytes, *, via: Sequence[str] = ()
+        self, sender: str, rcpts: Sequence[str], body: Body, *, via: Sequence[str] = ()
     ) -> dict[str, DeliveryError | None]:
         self.calls.append((sender, tuple(rcpts), tuple(via)))
         return {r: self.error for r in rcpts}
@@ -89,7 +90,9 @@ class Env:
         return sorted(self.mailbox.glob("*"))
 
     def queue_files(self) -> list[Path]:
-        return sorted(self.queue.store.directory.glob("m:*"))
+        """The items' files and their state files."""
+        directory = self.queue.store.directory
+        return sorted([*directory.glob("m:*"), *directory.glob("e:*")])
 
 
 def make_env(
@@ -164,7 +167,7 @@ async def test_temporary_then_success_with_state_on_disk(tmp_path: Path) -> None
     # at that moment (the first outcome must already be on disk), then deliver.
     body = (
         'if [ ! -e MAILBOX/../tried ]; then touch MAILBOX/../tried; echo "try later"; exit 75; fi\n'
-        "cat MAILBOX/../queue/m:* > MAILBOX/../state-at-second-attempt\n" + DELIVER
+        "cat MAILBOX/../queue/e:* > MAILBOX/../state-at-second-attempt\n" + DELIVER
     )
     env = make_env(tmp_path, body)
     await env.queue.load()
@@ -265,7 +268,7 @@ async def test_old_item_at_load_gets_no_attempt_only_dsn(tmp_path: Path) -> None
             sender="sender@local.test",
             to=("x@local.test",),
             rcpts=(QueuedRecipient("x@local.test", original_address="x@local.test"),),
-            data=MESSAGE,
+            body=Body.of(MESSAGE),
             created_at=datetime(2000, 1, 1, tzinfo=UTC),
         )
     )
@@ -374,8 +377,9 @@ async def test_stop_leaves_pending_items_for_next_start(tmp_path: Path) -> None:
         while "completed loop" not in env.log():
             await asyncio.sleep(0.02)
     await env.delivery.stop()
-    [f] = env.queue_files()
-    assert b"exit status 75" in f.read_bytes()
+    [state, message] = env.queue_files()
+    assert message.name.startswith("m:") and message.read_bytes().endswith(MESSAGE)
+    assert b"exit status 75" in state.read_bytes()
 
 
 def test_next_delay_schedule() -> None:

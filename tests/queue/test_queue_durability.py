@@ -90,7 +90,7 @@ def test_every_returned_put_survives_sigkill(tmp_path: Path, writers: int) -> No
     missing = set(returned) - set(loaded)
     assert not missing, f"items lost after SIGKILL: {sorted(missing)}"
     for item_id, length in returned.items():
-        assert len(loaded[item_id].data) == length
+        assert len(loaded[item_id].body.read()) == length
         assert loaded[item_id].rcpts[0].address == "to@example.com"
     # Nothing but items, segments and (possibly) one temporary dot-file remain.
     names = os.listdir(queue_dir)
@@ -102,6 +102,6 @@ def test_every_returned_put_survives_sigkill(tmp_path: Path, writers: int) -> No
 def test_large_items_survive_sigkill(tmp_path: Path) -> None:
     queue_dir = tmp_path / "queue"
     returned = run_and_kill(queue_dir, size=100 * 1024, kill_after=5)
-    loaded = {item.id: len(item.data) for item in QueueStore(queue_dir).load()}
+    loaded = {item.id: len(item.body.read()) for item in QueueStore(queue_dir).load()}
     for item_id, length in returned.items():
         assert loaded.get(item_id) == length

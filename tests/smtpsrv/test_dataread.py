@@ -14,13 +14,26 @@ def stuff(lines: list[bytes]) -> bytes:
     return b"".join((b"." + x if x.startswith(b".") else x) + b"\r\n" for x in lines) + b".\r\n"
 
 
-def feed_chunks(data: bytes, sizes: list[int], max_size: int = 10**9) -> tuple[DataReader, bytes]:
-    dr = DataReader(max_size)
+class Reader(DataReader):
+    """A DataReader that keeps what ``take`` hands on, as read_data's sink would."""
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__(max_size)
+        self.kept = b""
+
+    def message(self) -> bytes:
+        return self.kept
+
+
+def feed_chunks(data: bytes, sizes: list[int], max_size: int = 10**9) -> tuple[Reader, bytes]:
+    dr = Reader(max_size)
     pos = 0
     for size in [*sizes, len(data)]:
         chunk = data[pos : pos + max(size, 1)]
         pos += len(chunk)
         left = dr.feed(chunk)
+        taken = dr.take()
+        dr.kept = b"" if dr.too_big else dr.kept + taken
         if left is not None:
             return dr, left + data[pos:]
     raise AssertionError("no end marker found")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from helpers.programs import executable
 
+from chasquid.msgbody import Body
 from chasquid.programs.process import ProgramStartError, run_program
 from chasquid.smtpsrv.posthook import hook_env, run_post_data
 
@@ -48,5 +49,7 @@ def test_nul_in_environment_is_a_start_error(
 
 def test_post_data_hook_that_cannot_start_is_a_temporary_failure(tmp_path: Path) -> None:
     hook = executable(tmp_path / "post-data", "#!/bin/sh\ncat >/dev/null\n")
-    outcome = asyncio.run(run_post_data(hook, b"Subject: x\n\nbody\n", {"X": "a\x00b"}, tmp_path))
+    outcome = asyncio.run(
+        run_post_data(hook, Body.of(b"Subject: x\n\nbody\n"), {"X": "a\x00b"}, tmp_path)
+    )
     assert (outcome.reply_code, outcome.result) == (451, "fail")

@@ -152,12 +152,12 @@ def test_queue_file_exists_when_250_arrives(srv: Running, conn: RawClient) -> No
     item = srv.ctx.queue.get(item_id)
     assert item is not None
     # Every unauthenticated message gets a DKIM result, even without SPF (null sender).
-    assert item.data.startswith(
+    assert item.body.read().startswith(
         f"Authentication-Results: {HOSTNAME}\n\t;dkim=none\n".encode()
         + b"Received: from client.example ([127.0.0.1])\n\tby "
     )
-    assert b'(over SMTP, plain text!, envelope from "<>")' in item.data
-    assert item.data.endswith(b"Subject: hi\n\nbody\n")
+    assert b'(over SMTP, plain text!, envelope from "<>")' in item.body.read()
+    assert item.body.read().endswith(b"Subject: hi\n\nbody\n")
 
 
 def test_bare_lf_in_data_is_521_and_closes(conn: RawClient) -> None:
@@ -367,7 +367,7 @@ def test_spf_fail_and_pass(make_server: MakeServer, monkeypatch: pytest.MonkeyPa
         assert reply.startswith("250")
         item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
         assert item is not None
-        assert item.data.startswith(
+        assert item.body.read().startswith(
             f"Authentication-Results: {HOSTNAME}\n\t;spf=pass (matched ip)\n\t;dkim=none\n"
             "Received-SPF: pass (matched ip)\nReceived: ".encode()
         )
@@ -398,8 +398,8 @@ def test_post_data_hook(make_server: MakeServer) -> None:
     assert reply.startswith("250")
     item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
     assert item is not None
-    assert item.data.startswith(b"X-Hook: yes\nAuthentication-Results: ")
-    assert b"\n\t;dkim=none\nReceived: " in item.data
+    assert item.body.read().startswith(b"X-Hook: yes\nAuthentication-Results: ")
+    assert b"\n\t;dkim=none\nReceived: " in item.body.read()
     env = dict(
         line.split("=", 1)
         for line in (srv.root / "hook-env").read_text().splitlines()

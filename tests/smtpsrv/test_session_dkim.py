@@ -46,7 +46,7 @@ def submit(
 
 
 def stored(srv: Running) -> list[bytes]:
-    return [item.data for item in srv.ctx.queue.items()]
+    return [item.body.read() for item in srv.ctx.queue.items()]
 
 
 def count(srv: Running, counter: metrics.Counter) -> int:

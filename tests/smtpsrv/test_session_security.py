@@ -175,6 +175,6 @@ def test_odd_hello_is_quoted_in_received(
     assert reply.startswith("250 2.0.0"), reply
     item = srv.ctx.queue.get(reply.rsplit("Queued as ", 1)[1])
     assert item is not None
-    assert b"\nReceived: from " + in_received + b" ([127.0.0.1])\n" in item.data
+    assert b"\nReceived: from " + in_received + b" ([127.0.0.1])\n" in item.body.read()
     assert b"\nEHLO_DOMAIN_RAW=" + in_env + b"\n" in (srv.root / "hook-env").read_bytes()
     c.close()
