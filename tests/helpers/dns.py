@@ -21,7 +21,7 @@ import functools
 import socketserver
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSRecord
@@ -97,4 +97,11 @@ def failing_dns() -> str:
     reaches the real DNS and every look-up fails at once as a temporary error.
     """
     context = dns_server({}, default_rcode="SERVFAIL")
+    # Kept referenced for the life of the process: a collected context manager
+    # runs its cleanup, which would stop the server right after it started (every
+    # look-up then timed out after 20 s instead of failing at once).
+    _KEPT.append(context)
     return context.__enter__()
+
+
+_KEPT: list[AbstractContextManager[str]] = []
