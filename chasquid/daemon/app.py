@@ -31,6 +31,7 @@ from chasquid.smtpsrv.server import Mode
 from chasquid.telemetry.metrics import ALIAS_HOOK_RESULTS, Counters
 
 if TYPE_CHECKING:
+    from chasquid.confdir.aliases import UserFallback
     from chasquid.confdir.config import Config
     from chasquid.confdir.domaininfo import DomainInfoStore
     from chasquid.confdir.domains import Domains
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from chasquid.queue.delivery import Delivery
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
+    from chasquid.smtpsrv.dovecot import DovecotAuth
     from chasquid.smtpsrv.server import ReceptionContext
     from chasquid.telemetry.maillog import MailLog
 
@@ -207,6 +209,7 @@ class Daemon:
         self.data_dir: DataDir | None = None
         self.maillog: MailLog | None = None
         self.certificates: Certificates | None = None
+        self.dovecot: DovecotAuth | None = None
         self.ctx: ReceptionContext | None = None
         self.domains: Domains | None = None
         self.domaininfo: DomainInfoStore | None = None
@@ -262,6 +265,7 @@ class Daemon:
         self.config_dir = ConfigDir(Path("."))
         self.data_dir = data_dir_for(config, ".")
         self.maillog = self._open_maillog(config)
+        self.dovecot = await self._start_dovecot(config)
 
         self.certificates = self._load_certificates()
         self.domains = self._load_domains()
@@ -312,6 +316,24 @@ class Daemon:
         except (MailLogError, OSError) as e:
             raise FatalError(f"Error opening mail log: {e}") from None
 
+    async def _start_dovecot(self, config: Config) -> DovecotAuth | None:
+        """With dovecot_auth, the Dovecot fallback, probed once: a failure is only a warning.
+
+        Dovecot may come up after us; until it answers, AUTH and RCPT for the
+        users only it knows get temporary errors.
+        """
+        if not config.dovecot_auth:
+            return None
+        from chasquid.smtpsrv.dovecot import DovecotAuth, DovecotError
+
+        dovecot = DovecotAuth(config.dovecot_userdb_path, config.dovecot_client_path)
+        log.info("Fallback authenticator: %s", dovecot)
+        try:
+            await dovecot.probe()
+        except DovecotError as e:
+            log.error("Warning: Dovecot auth is not responding: %s", e)
+        return dovecot
+
     def _load_certificates(self) -> Certificates | None:
         assert self.config_dir is not None
         log.info("Loading certificates:")
@@ -331,13 +353,20 @@ class Daemon:
         log.info("Loading domains:")
         try:
             domains = load_domains(
-                self.config_dir.root, self.config, on_hook_result=self._count_hook_result
+                self.config_dir.root,
+                self.config,
+                user_fallback=self._user_fallback(),
+                on_hook_result=self._count_hook_result,
             )
         except ChasquidError as e:
             raise FatalError(_domain_error_line(str(e))) from None
         for line in domains.summary_lines():
             log.info("%s", line)
         return domains
+
+    def _user_fallback(self) -> UserFallback | None:
+        """Who says whether a user the domains' databases do not know exists (Dovecot)."""
+        return self.dovecot.exists if self.dovecot is not None else None
 
     def _count_hook_result(self, outcome: str) -> None:
         self.counters.inc(ALIAS_HOOK_RESULTS, f"resolve:{outcome}")
@@ -426,6 +455,7 @@ class Daemon:
             raise FatalError(f"Error getting systemd listeners: {e}") from None
 
     def _reception_context(self) -> ReceptionContext:
+        from chasquid.smtpsrv.auth import Authenticator
         from chasquid.smtpsrv.server import ReceptionContext
 
         assert self.config is not None and self.config_dir is not None
@@ -440,6 +470,7 @@ class Daemon:
             queue=self.queue,
             maillog=self.maillog,
             counters=self.counters,
+            authenticator=Authenticator(fallback=self.dovecot),
             max_received_headers=self.options.max_received_headers,
         )
         return self.ctx
@@ -560,6 +591,7 @@ class Daemon:
                 load_domains,
                 self.config_dir.root,
                 self.config,
+                user_fallback=self._user_fallback(),
                 on_hook_result=self._count_hook_result,
             )
         except ChasquidError as e:

@@ -1,7 +1,7 @@
 """Configuration this version reads but does not act on yet, in words for the start-up log.
 
 chasquid's config dir may hold settings for features this implementation has
-not built yet (the monitoring server, Dovecot authentication).
+not built yet (the monitoring server).
 They are accepted, so an existing setup still starts, but the operator is told
 once that they do nothing. Each entry goes when its feature lands.
 """
@@ -19,10 +19,5 @@ def unused_config(config: Config) -> list[str]:
         warnings.append(
             f"monitoring_address {go_quote(config.monitoring_address)} is ignored: "
             "this version has no monitoring server yet"
-        )
-    if config.dovecot_auth:
-        warnings.append(
-            "dovecot_auth is ignored: this version cannot ask Dovecot yet, "
-            "so only the users in the domains' users files exist and can log in"
         )
     return warnings

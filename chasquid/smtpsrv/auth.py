@@ -1,10 +1,14 @@
 """AUTH PLAIN and LOGIN: decoding the client's responses and checking credentials.
 
-Checks run in worker threads (scrypt is slow and memory-hungry), bounded by a
-semaphore, and are padded in time so that failures and successes look alike.
-An identity with no user behind it (unknown domain, unknown or receive-only
-user) takes the same path and costs the same scrypt as a wrong password, so
-that even under load its answer does not come sooner.
+The domain's own users database is asked first; when it does not say yes
+(and does not fail), the fallback (Dovecot, when ``dovecot_auth`` is on) is
+asked with ``user@domain``, or the bare user when the client gave no domain.
+Local checks run in worker threads (scrypt is slow and memory-hungry) and
+fallback checks over their own connections, each kind bounded by its own
+semaphore; every attempt is padded in time so that failures and successes
+look alike. An identity with no user behind it (unknown domain, unknown or
+receive-only user) takes the same local path and costs the same scrypt as a
+wrong password, so that even under load its answer does not come sooner.
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ class UserChecker(Protocol):
     def authenticate(self, user: str, password: str) -> bool:
         """Whether the password is right for a user allowed to log in (blocking)."""
         ...
+
+
+class FallbackChecker(Protocol):
+    """What AUTH needs from the fallback authenticator (smtpsrv.dovecot.DovecotAuth)."""
+
+    async def authenticate(self, user: str, password: str) -> bool:
+        """Whether the password is right; raises ChasquidError when it cannot tell."""
+        ...
+
+
+#: Fallback checks in flight at once: each holds a connection to Dovecot for at most
+#: its exchange bound, and Dovecot itself delays failures (auth_failure_delay).
+MAX_FALLBACK_CONCURRENT = 16
 
 
 def b64decode(text: str) -> bytes:
@@ -114,24 +131,43 @@ _NO_USERS: UserChecker = UserDB()
 
 
 class Authenticator:
-    """Checks credentials against the per-domain user databases."""
+    """Checks credentials against the per-domain user databases, then the fallback."""
 
-    def __init__(self, max_concurrent: int | None = None) -> None:
+    def __init__(
+        self,
+        max_concurrent: int | None = None,
+        *,
+        fallback: FallbackChecker | None = None,
+        max_fallback_concurrent: int = MAX_FALLBACK_CONCURRENT,
+    ) -> None:
         self._sem = asyncio.Semaphore(max_concurrent or 2 * (os.cpu_count() or 1))
+        self.fallback = fallback
+        self._fallback_sem = asyncio.Semaphore(max_fallback_concurrent)
 
     async def authenticate(
         self, users: Mapping[str, UserChecker], user: str, domain: str, password: str
     ) -> bool:
-        """True if ``user@domain`` has that password; padded to at least ~100 ms."""
+        """True if ``user@domain`` has that password; padded to at least ~100 ms.
+
+        AuthBackendError when a backend that had to be asked could not answer.
+        """
         start = time.monotonic()
         try:
             db = users.get(domain, _NO_USERS)
             async with self._sem:
                 try:
-                    return await asyncio.to_thread(db.authenticate, user, password)
-                except ChasquidError as e:
+                    if await asyncio.to_thread(db.authenticate, user, password):
+                        return True
+                except (ChasquidError, OSError) as e:
                     raise AuthBackendError(str(e)) from None
-                except OSError as e:
+            if self.fallback is None:
+                return False
+            async with self._fallback_sem:
+                try:
+                    return await self.fallback.authenticate(
+                        f"{user}@{domain}" if domain else user, password
+                    )
+                except (ChasquidError, OSError) as e:
                     raise AuthBackendError(str(e)) from None
         finally:
             remaining = MIN_DURATION - (time.monotonic() - start)

@@ -172,7 +172,7 @@ def test_settings_of_unbuilt_features_warn_once(
     chasquid_setup: Setup, chasquid_daemon: DaemonFactory
 ) -> None:
     s = chasquid_setup
-    s.extra_conf += ['monitoring_address: "127.0.0.1:1099"', "dovecot_auth: true"]
+    s.extra_conf += ['monitoring_address: "127.0.0.1:1099"']
     s.write_conf()
     d = chasquid_daemon()
     # The daemon runs: these settings are accepted, only said to do nothing.
@@ -181,8 +181,6 @@ def test_settings_of_unbuilt_features_warn_once(
     errors = messages(d.log_text(), "E")
     assert errors == [
         'monitoring_address "127.0.0.1:1099" is ignored: this version has no monitoring server yet',
-        "dovecot_auth is ignored: this version cannot ask Dovecot yet, so only the users in "
-        "the domains' users files exist and can log in",
     ]
 
 

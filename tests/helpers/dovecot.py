@@ -43,6 +43,7 @@ from helpers.requirements import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_CONF = REPO / "etc" / "dovecot" / "dovecot.conf"
+DOC = REPO / "docs" / "dovecot.md"
 START_TIMEOUT = 30.0
 SBIN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 MAIL_USER = "nobody"
@@ -78,10 +79,8 @@ service imap-login {{
 }}
 """
 
-# The header lines Dovecot's LMTP adds on top of a delivered message.
-_ADDED_HEADERS = re.compile(
-    rb"\A(?:Return-Path: [^\n]*\n|Delivered-To: [^\n]*\n|Received: [^\n]*\n(?:[ \t][^\n]*\n)*)+"
-)
+# Complete header fields, folded lines included.
+_HEADER_FIELDS = re.compile(rb"(?:[!-9;-~]+:[^\n]*\n(?:[ \t][^\n]*\n)*)*")
 
 
 def dovecot_program() -> str | None:
@@ -119,10 +118,52 @@ def instance_config(root: Path, instance: str) -> str:
     return text + _TEST_ONLY.format(root=root, instance=instance)
 
 
-def added_headers_removed(raw: bytes) -> bytes:
-    """A delivered message without the Return-Path/Delivered-To/Received lines Dovecot adds."""
-    m = _ADDED_HEADERS.match(raw)
-    return raw[m.end() :] if m else raw
+def doc_block(label: str) -> str:
+    """The fenced code block right after ``<!-- tested: <label> -->`` in docs/dovecot.md."""
+    lines = DOC.read_text().splitlines(keepends=True)
+    marker = f"<!-- tested: {label} -->\n"
+    if marker not in lines:
+        raise AssertionError(f"{DOC} has no block marked {marker.strip()}")
+    start = lines.index(marker) + 1
+    assert lines[start].startswith("```"), f"{DOC}: no code block after {marker.strip()}"
+    end = lines.index("```\n", start + 1)
+    return "".join(lines[start + 1 : end])
+
+
+def chasquid_conf(dc: Dovecot, label: str, mda_lmtp: str) -> str:
+    """A chasquid.conf block of docs/dovecot.md, pointed at this instance and this mda-lmtp.
+
+    The documented sockets are in /run/dovecot, where chasquid finds them by
+    itself; this instance's are elsewhere, so their paths are added.
+    """
+    text = doc_block(f"chasquid.conf with {label}")
+    for old, new in (
+        ("/run/dovecot/", f"{dc.base_dir}/"),
+        ("/usr/local/bin/mda-lmtp", mda_lmtp),
+    ):
+        text = text.replace(old, new)
+    return (
+        text
+        + f'dovecot_userdb_path: "{dc.userdb_socket}"\n'
+        + f'dovecot_client_path: "{dc.client_socket}"\n'
+    )
+
+
+def headers_added(stored: bytes, sent: bytes) -> dict[str, str]:
+    """Check that ``stored`` is ``sent``, byte for byte, below the header fields added on
+    its way (Dovecot's Return-Path, Delivered-To and Received, chasquid's Received...);
+    those fields, the first of each name.
+
+    Dovecot stores messages with LF line ends, so ``sent``'s CRLFs count as LFs.
+    """
+    expected = sent.replace(b"\r\n", b"\n")
+    assert stored.endswith(expected), f"stored message differs from what was sent:\n{stored!r}"
+    added = stored[: len(stored) - len(expected)]
+    assert _HEADER_FIELDS.fullmatch(added), f"not only header fields on top:\n{added!r}"
+    fields: dict[str, str] = {}
+    for name, value in email.parser.BytesHeaderParser().parsebytes(added + b"\n").items():
+        fields.setdefault(name, str(value))
+    return fields
 
 
 class Dovecot:
@@ -269,10 +310,27 @@ class Dovecot:
             out = ""
         return f"master output:\n{out}\nlog:\n{self.log_text()}"
 
-    def maildir(self, address: str) -> Path:
-        """The Maildir of a user (``mail/<domain>/<user>/Maildir``)."""
+    def home(self, address: str) -> Path:
+        """A user's home (``mail/<domain>/<user>``), which Dovecot creates as the mail user."""
         user, _, domain = address.partition("@")
-        return self.root / "mail" / domain / user / "Maildir"
+        return self.root / "mail" / domain / user
+
+    def break_mailbox(self, address: str) -> None:
+        """Put a file where the user's home should be: deliveries to it fail with a 4xx."""
+        home = self.home(address)
+        nobody = pwd.getpwnam(MAIL_USER)
+        if not home.parent.exists():
+            home.parent.mkdir()
+            os.chown(home.parent, nobody.pw_uid, nobody.pw_gid)
+        home.write_text("not a directory\n")
+
+    def repair_mailbox(self, address: str) -> None:
+        """Undo break_mailbox."""
+        self.home(address).unlink()
+
+    def maildir(self, address: str) -> Path:
+        """The Maildir of a user (``<home>/Maildir``)."""
+        return self.home(address) / "Maildir"
 
     def messages(self, address: str) -> list[bytes]:
         """The raw files delivered to a user's INBOX (new/ and cur/), oldest first."""
@@ -297,13 +355,6 @@ class Dovecot:
                     f"{self.diagnostics()}"
                 )
             time.sleep(0.05)
-
-
-def delivered_headers(raw: bytes) -> dict[str, str]:
-    """The headers Dovecot added to a delivered message (Return-Path, Delivered-To, ...)."""
-    added = raw[: len(raw) - len(added_headers_removed(raw))]
-    msg = email.parser.BytesHeaderParser().parsebytes(added + b"\n")
-    return {k: str(v) for k, v in msg.items()}
 
 
 def _accepts(path: Path) -> bool:
