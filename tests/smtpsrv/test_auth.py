@@ -89,7 +89,8 @@ def test_a_failing_fallback_is_a_backend_error_only_when_asked() -> None:
 
 
 def test_fallback_questions_are_bounded_in_number() -> None:
-    fallback = Fallback("x@example.com", "pw", delay=0.05)
+    # Longer than the local scrypt check in front of it, so the questions pile up.
+    fallback = Fallback("x@example.com", "pw", delay=0.3)
     auth = Authenticator(fallback=fallback, max_fallback_concurrent=3)
 
     async def main() -> list[bool]:
