@@ -1,6 +1,6 @@
 """Wall time of one ``mda-lmtp`` run delivering a 1 KiB message (it runs once per message).
 
-Usage: .venv/bin/python bench/mda_lmtp_wall.py [--runs N] [--addr LMTP_ADDRESS]
+Usage: .venv/bin/python bench/mda_lmtp_wall.py [--runs N] [--addr LMTP_ADDRESS --rcpt ADDRESS]
 
 Without --addr the message goes to bench/lmtp_sink.py on a unix socket, so
 the figure is mda-lmtp's own cost: interpreter start, imports, the LMTP
@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50, help="runs per row (default 50)")
     parser.add_argument("--addr", default="", help="an LMTP server to use instead of the sink")
+    parser.add_argument("--rcpt", default="b@example.com", help="the recipient (for --addr)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="mdab-", dir="/tmp"))
@@ -75,7 +76,7 @@ def main() -> None:
             "-f",
             "a@example.com",
             "-d",
-            "b@example.com",
+            args.rcpt,
         ]
         print(f"{len(MESSAGE)}-byte message, {args.runs} sequential runs, wall ms")
         print(f"{'':<28} {'min':>7} {'p50':>7} {'p90':>7} {'max':>7}")

@@ -10,8 +10,13 @@ same result.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
-from chasquid.msgbody import CHUNK, Body
+# mda-lmtp imports this module for every message it delivers, and msgbody
+# brings asyncio and dataclasses (~50 ms): it is loaded only by the helpers
+# that read a stored Body, which mda-lmtp does not use.
+if TYPE_CHECKING:
+    from chasquid.msgbody import Body
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -84,6 +89,9 @@ class EncodedReader:
     """A blocking reader of a body as a ``WireEncoder`` turns it out (an MDA's stdin)."""
 
     def __init__(self, body: Body, *, stuff: bool = False) -> None:
+        from chasquid.msgbody import CHUNK
+
+        self._chunk = CHUNK
         self._reader = body.reader()
         self._encoder = WireEncoder(stuff=stuff)
         self._buffer = b""
@@ -92,7 +100,7 @@ class EncodedReader:
     def read(self, n: int = -1) -> bytes:
         """Up to ``n`` encoded bytes (all with -1); b"" at the end."""
         while not self._done and (n < 0 or len(self._buffer) < n):
-            chunk = self._reader.read(CHUNK)
+            chunk = self._reader.read(self._chunk)
             if chunk:
                 self._buffer += self._encoder.feed(chunk)
             else:

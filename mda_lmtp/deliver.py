@@ -2,10 +2,11 @@
 
 This runs once per delivered message, so it is written to start fast: plain
 blocking sockets, no asyncio, NamedTuples rather than dataclasses (whose
-import costs more than the rest), and nothing of the chasquid package
-imported until an error needs rendering (bench/mda_lmtp_wall.py measures it). The
-message is streamed from a file descriptor to the server in chunks, so its
-size does not matter to memory.
+import costs more than the rest), and of the chasquid package only the wire
+encoding until an error needs rendering (bench/mda_lmtp_wall.py measures
+it). The message is streamed from a file descriptor to the server in chunks
+(CRLF line ends and dot-stuffing by chasquid.smtpwire, as the daemon's own
+LMTP and SMTP clients do), so its size does not matter to memory.
 
 Each step has its own time bound (Timeouts); a failure anywhere is a
 DeliveryFailure, which the command turns into exit status 75 (EX_TEMPFAIL)
@@ -22,6 +23,8 @@ import socket
 import time
 from collections.abc import Callable
 from typing import NamedTuple
+
+from chasquid.smtpwire import WireEncoder
 
 CHUNK = 64 * 1024
 #: A reply line longer than this, or a reply with more lines, is not a real server's.
@@ -101,51 +104,6 @@ def puny_encode(value: str) -> str:
                 raise ValueError(f'idna: invalid label "{label[4:]}"') from None
         labels.append(label)
     return ".".join(labels)
-
-
-class DataEncoder:
-    """The DATA payload of a message given in chunks: CRLF line ends, dots doubled, the end.
-
-    A bare LF becomes CRLF (a CRLF stays one), a line starting with a dot gets
-    another, and finish() adds the missing final CRLF and the lone dot. Chunk
-    boundaries do not matter: the output is that of the whole message at once.
-    """
-
-    def __init__(self) -> None:
-        self._line_start = True
-        self._pending_cr = False
-        self._empty = True
-        self._ends_crlf = False
-
-    def feed(self, chunk: bytes) -> bytes:
-        """The encoded form of the next part of the message (may hold back a trailing CR)."""
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            # It may be the CR of a CRLF whose LF comes in the next chunk.
-            self._pending_cr = True
-            chunk = chunk[:-1]
-        return self._encode(chunk)
-
-    def finish(self) -> bytes:
-        """What is left, the final CRLF if the message lacks one, and the ending dot."""
-        out = self._encode(b"\r" if self._pending_cr else b"")
-        self._pending_cr = False
-        if not self._empty and not self._ends_crlf:
-            out += b"\r\n"
-        return out + b".\r\n"
-
-    def _encode(self, chunk: bytes) -> bytes:
-        if not chunk:
-            return b""
-        out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n").replace(b"\n.", b"\n..")
-        if self._line_start and out.startswith(b"."):
-            out = b"." + out
-        self._empty = False
-        self._line_start = out.endswith(b"\n")
-        self._ends_crlf = out.endswith(b"\r\n")
-        return out
 
 
 class _IOFailure(Exception):
@@ -311,13 +269,13 @@ def _quote(text: str) -> str:
 
 
 def _send_message(conn: _Connection, fd: int, t: Timeouts) -> None:
-    encoder = DataEncoder()
+    encoder = WireEncoder(stuff=True)
     while True:
         try:
             chunk = _read_chunk(fd, t.read)
         except OSError as e:
             raise DeliveryFailure(f"Error reading the message: {_os_reason(e)}") from None
-        out = encoder.feed(chunk) if chunk else encoder.finish()
+        out = encoder.feed(chunk) if chunk else encoder.end()
         try:
             if out:
                 conn.send(out, t.write)

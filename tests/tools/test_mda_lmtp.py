@@ -19,12 +19,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from chasquid.smtpwire import dot_stuff
 from mda_lmtp.deliver import (
-    DataEncoder,
     DeliveryFailure,
     Request,
     Timeouts,
@@ -142,44 +138,6 @@ def test_request_defaults_and_errors() -> None:
         request("x", "", "a", "xn--t", True)
     # Without -to_puny nothing is checked or changed.
     assert request("x", "", "fröm", "xn--t", False)[2:] == ("fröm", "xn--t")
-
-
-# --- the DATA encoding --------------------------------------------------------------------------
-
-
-def encode(chunks: list[bytes]) -> bytes:
-    enc = DataEncoder()
-    return b"".join(enc.feed(c) for c in chunks) + enc.finish()
-
-
-@pytest.mark.parametrize(
-    ("message", "payload"),
-    [
-        (b"", b".\r\n"),
-        (b"a", b"a\r\n.\r\n"),
-        (b"a\n", b"a\r\n.\r\n"),
-        (b"a\r\n", b"a\r\n.\r\n"),
-        (b".", b"..\r\n.\r\n"),
-        (b".\n..\nx.\n.y", b"..\r\n...\r\nx.\r\n..y\r\n.\r\n"),
-        (b"a\rb\r", b"a\rb\r\r\n.\r\n"),
-        (b"\r\n.\r\n", b"\r\n..\r\n.\r\n"),
-    ],
-)
-def test_data_encoding(message: bytes, payload: bytes) -> None:
-    assert encode([message]) == payload
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"\xff", b"\x00"]), max_size=40),
-    st.lists(st.integers(min_value=0, max_value=40), max_size=8),
-)
-def test_data_encoding_ignores_chunk_boundaries(parts: list[bytes], cuts: list[int]) -> None:
-    """Any split of a message encodes as the whole does, and as the LMTP courier encodes it."""
-    message = b"".join(parts)
-    points = sorted({min(c, len(message)) for c in cuts})
-    chunks = [message[a:b] for a, b in zip([0, *points], [*points, len(message)], strict=True)]
-    assert encode(chunks) == encode([message]) == dot_stuff(message)
 
 
 # --- fake LMTP servers --------------------------------------------------------------------------
