@@ -207,12 +207,7 @@ class DovecotAuth:
                 raise DovecotError(f"error receiving {step}: got {_quoted(line)}")
         writer.write(f"VERSION\t1\t1\nUSER\t1\t{user}\tservice=smtp\n".encode())
         await writer.drain()
-        line = await _response(lines)
-        if line.startswith("USER\t1\t"):
-            return True
-        if line.startswith("NOTFOUND\t"):
-            return False
-        raise DovecotError(f"invalid response: {_quoted(line)}")
+        return await _yes_or_no(lines, yes="USER\t1\t", no="NOTFOUND\t")
 
     @staticmethod
     async def _auth(lines: _Lines, writer: asyncio.StreamWriter, user: str, password: str) -> bool:
@@ -233,19 +228,20 @@ class DovecotAuth:
             f"AUTH\t1\tPLAIN\tservice=smtp\tsecured\tno-penalty\tnologin\tresp={resp}\n".encode()
         )
         await writer.drain()
-        line = await _response(lines)
-        if line.startswith("OK\t1"):
-            return True
-        if line.startswith("FAIL\t1"):
-            return False
-        raise DovecotError(f"invalid response: {_quoted(line)}")
+        return await _yes_or_no(lines, yes="OK\t1", no="FAIL\t1")
 
 
-async def _response(lines: _Lines) -> str:
+async def _yes_or_no(lines: _Lines, *, yes: str, no: str) -> bool:
+    """The answer line: True if it starts with ``yes``, False with ``no``; else an error."""
     try:
-        return await lines.next()
+        line = await lines.next()
     except _ReadError as e:
         raise DovecotError(f"error receiving response: {e}") from None
+    if line.startswith(yes):
+        return True
+    if line.startswith(no):
+        return False
+    raise DovecotError(f"invalid response: {_quoted(line)}")
 
 
 async def _nothing(lines: _Lines, writer: asyncio.StreamWriter) -> None:
