@@ -1,7 +1,7 @@
 """Reception benchmark: this daemon against Debian's chasquid, side by side in one run.
 
 Usage: .venv/bin/python bench/run.py [--quick] [--messages N] [--time-limit S] [--only ours]
-       [--delivery yes|no|only]
+       [--delivery yes|no|only] [--servers ours,chasquid] [--baseline PATH]
 
 For every message size (1 KiB, 100 KiB), connection count (1, 8, 32, 128) and
 sender mode (null sender on the SMTP port; authenticated submission over
@@ -51,6 +51,15 @@ def find_debian_chasquid() -> Path | None:
 
 
 DEBIAN = find_debian_chasquid()
+#: Another build of ours to compare with (--baseline), e.g. a worktree's .venv/bin/chasquid.
+BASELINE: Path | None = None
+
+#: What can be measured: our build, ours while a client scrapes its monitoring pages
+#: 10 times a second, another build of ours (--baseline), and Debian's chasquid.
+SERVERS = ("ours", "ours-scraped", "baseline", "chasquid")
+#: What the scraper of "ours-scraped" fetches in each round, and how many rounds a second.
+SCRAPED_PATHS = ("/metrics", "/debug/traces")
+SCRAPE_RATE = 10.0
 DOMAIN = "example.test"
 USER = "user"
 PASSWORD = "bench-password"
@@ -93,6 +102,12 @@ class Ports:
     smtp: int
     submission: int
     submission_tls: int
+    monitoring: int = 0
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Four free ports."""
+        return cls(free_port(), free_port(), free_port(), free_port())
 
 
 def make_config(
@@ -119,7 +134,9 @@ def make_config(
         f'mail_delivery_agent_bin: "{mda[0]}"\n'
         f'mail_delivery_agent_args: "{mda[1]}"\n'
         f'data_dir: "{root / "data"}"\n'
-        f'mail_log_path: "{root / "mail.log"}"\n' + extra
+        f'mail_log_path: "{root / "mail.log"}"\n'
+        + (f'monitoring_address: "127.0.0.1:{ports.monitoring}"\n' if ports.monitoring else "")
+        + extra
     )
     (config / "domains" / DOMAIN / "users").write_text(legacy_users_file())
     return config
@@ -129,6 +146,7 @@ def make_config(
 class Server:
     name: str
     proc: subprocess.Popen[bytes]
+    scraper: subprocess.Popen[bytes] | None = None
 
     def cpu_seconds(self) -> float:
         """CPU of the server and its programs: its own and, recursively, its live
@@ -142,6 +160,10 @@ class Server:
         return float("nan")
 
     def stop(self) -> None:
+        if self.scraper is not None:
+            self.scraper.send_signal(signal.SIGTERM)
+            out, _ = self.scraper.communicate(timeout=30)
+            print("        " + out.decode().strip(), flush=True)
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=40)
@@ -174,25 +196,46 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
 def start(
     name: str, root: Path, ports: Ports, mda: tuple[str, str] | None = None, extra: str = ""
 ) -> Server:
-    """Start one server on a fresh copy of the config (fresh queue each time)."""
+    """Start one server on a fresh copy of the config (fresh queue each time).
+
+    Every build of ours serves its monitoring pages (as a configured server
+    does); "ours-scraped" also gets a client fetching them SCRAPE_RATE times
+    a second while it runs.
+    """
     run_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    if name != "chasquid":
+        ports = replace(ports, monitoring=ports.monitoring or free_port())
     config = make_config(run_dir, ports, mda, extra)
     log = open(run_dir / "main.log", "wb")  # noqa: SIM115 - lives as long as the server
-    if name == "ours":
+    if name == "chasquid":
+        cmd = [str(DEBIAN), f"-config_dir={config}"]
+    else:
+        binary = BASELINE if name == "baseline" else OURS
         cmd = [
-            str(OURS),
+            str(binary),
             f"--config_dir={config}",
             # All the load comes from 127.0.0.1: the per-client limit would refuse
             # most of the 1,000 connections at once.
             "--config_overrides=max_queue_items: 1000000\n"
             "max_connections: 5000\nmax_connections_per_ip: 5000",
         ]
-    else:
-        cmd = [str(DEBIAN), f"-config_dir={config}"]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=run_dir)
     wait_port(ports.smtp, proc)
     wait_port(ports.submission, proc)
-    return Server(name, proc)
+    scraper = None
+    if name == "ours-scraped":
+        wait_port(ports.monitoring, proc)
+        scraper = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).resolve().parent / "scraper.py"),
+                f"http://127.0.0.1:{ports.monitoring}",
+                str(SCRAPE_RATE),
+                *SCRAPED_PATHS,
+            ],
+            stdout=subprocess.PIPE,
+        )
+    return Server(name, proc, scraper)
 
 
 def load_for(
@@ -222,7 +265,7 @@ def load_for(
 def measure(
     name: str, root: Path, load_fn: Callable[[Ports], loadgen.Load], label: str
 ) -> dict[str, float | str]:
-    ports = Ports(free_port(), free_port(), free_port())
+    ports = Ports.free()
     server = start(name, root, ports)
     try:
         cpu0 = server.cpu_seconds()
@@ -260,7 +303,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000, help="messages per case")
     parser.add_argument("--time-limit", type=float, default=20.0, help="seconds per case")
     parser.add_argument("--quick", action="store_true", help="only 8 and 32 connections")
-    parser.add_argument("--only", choices=["ours", "chasquid"], help="run one server only")
+    add_server_options(parser)
     parser.add_argument(
         "--delivery",
         choices=["yes", "no", "only"],
@@ -272,12 +315,7 @@ def main() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
-    servers = ["ours", "chasquid"]
-    if args.only:
-        servers = [args.only]
-    if "chasquid" in servers and DEBIAN is None:
-        print("Debian's chasquid package could not be downloaded: measuring ours only")
-        servers = ["ours"]
+    servers = chosen_servers(args)
 
     if args.delivery == "only":
         run_delivery(args, servers)
@@ -321,15 +359,14 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    if len(servers) == 2:
-        print("\n# ratios ours/chasquid (msg/s higher is better; RSS, CPU lower is better)")
+    subject = servers[0]
+    for other in servers[1:]:
+        print(f"\n# ratios {subject}/{other} (msg/s higher is better; RSS, CPU lower is better)")
         by_case: dict[str, dict[str, dict[str, float | str]]] = {}
         for row in rows:
             by_case.setdefault(str(row["case"]), {})[str(row["server"])] = row
         for case, pair in by_case.items():
-            if "ours" not in pair or "chasquid" not in pair:
-                continue
-            o, c = pair["ours"], pair["chasquid"]
+            o, c = pair[subject], pair[other]
 
             def ratio(
                 key: str, o: dict[str, float | str] = o, c: dict[str, float | str] = c
@@ -344,6 +381,39 @@ def main() -> None:
     if args.delivery == "yes":
         print()
         run_delivery(args, servers)
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    """--servers, --only and --baseline, shared with bench/delivery.py."""
+    parser.add_argument(
+        "--servers",
+        default="ours,chasquid",
+        help=f"comma-separated, from {', '.join(SERVERS)}; ratios compare the first "
+        "with each other one (default: ours,chasquid)",
+    )
+    parser.add_argument("--only", choices=SERVERS, help="run one server only")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the chasquid executable of another build of ours (for the server 'baseline')",
+    )
+
+
+def chosen_servers(args: argparse.Namespace) -> list[str]:
+    """The servers to measure, in order, from --servers/--only/--baseline."""
+    global BASELINE
+    servers = [args.only] if args.only else [s.strip() for s in args.servers.split(",")]
+    unknown = [s for s in servers if s not in SERVERS]
+    if unknown:
+        raise SystemExit(f"unknown server {unknown[0]!r}: choose from {', '.join(SERVERS)}")
+    if "baseline" in servers:
+        if args.baseline is None or not args.baseline.is_file():
+            raise SystemExit("the server 'baseline' needs --baseline PATH to a chasquid executable")
+        BASELINE = args.baseline.resolve()
+    if "chasquid" in servers and DEBIAN is None:
+        print("Debian's chasquid package could not be downloaded: not measuring it")
+        servers = [s for s in servers if s != "chasquid"]
+    return servers
 
 
 def run_delivery(args: argparse.Namespace, servers: list[str]) -> None:
