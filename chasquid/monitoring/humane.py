@@ -1,32 +1,10 @@
-"""Values rendered for people: safe text, relative times, Go-style durations and clocks."""
+"""Values rendered for people: relative times, Go-style durations and clocks."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from chasquid.durations import format_duration
-
-# C0 controls (but tab and newline), DEL and C1 controls: shown as \xNN so a
-# client that puts a terminal escape or a NUL in its HELO cannot garble a page.
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def safe_text(text: str) -> str:
-    """Text that encodes as UTF-8 and shows its control characters.
-
-    Undecodable bytes carried as lone surrogates (surrogateescape) become
-    ``\\udcNN`` escapes; control characters become ``\\xNN``.
-    """
-    if text.isprintable() or not _CONTROLS.search(text):
-        cleaned = text
-    else:
-        cleaned = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    try:
-        cleaned.encode("utf-8")
-    except UnicodeEncodeError:
-        cleaned = cleaned.encode("utf-8", "backslashreplace").decode("utf-8")
-    return cleaned
 
 
 def ago(seconds: float) -> str:

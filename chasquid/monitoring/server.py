@@ -29,8 +29,9 @@ from aiohttp.web_runner import BaseSite
 from markupsafe import Markup
 
 from chasquid.confdir.config import render as render_config
+from chasquid.logtext import escape
 from chasquid.monitoring import exposition, queuepages, stacks, tracepages
-from chasquid.monitoring.humane import day_clock, go_duration_rounded, safe_text
+from chasquid.monitoring.humane import day_clock, go_duration_rounded
 from chasquid.monitoring.sources import Sources
 
 log = logging.getLogger("chasquid.monitoring")
@@ -100,10 +101,11 @@ _STATE = web.AppKey("state", PageState)
 
 
 def _finalize(value: Any) -> Any:
-    # Every value a template prints passes here before escaping: text from SMTP
-    # clients may hold undecodable bytes (lone surrogates) or control characters.
+    # Every value a template prints passes here before HTML escaping: text from
+    # SMTP clients may hold undecodable bytes (lone surrogates), control or bidi
+    # characters; they are shown escaped as in the logs.
     if isinstance(value, str) and not isinstance(value, Markup):
-        return safe_text(value)
+        return escape(value)
     return value
 
 

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from chasquid.goquote import go_quote
-
 #: Lower bounds, in seconds, of the latency buckets finished traces are filed in.
 BUCKETS: tuple[float, ...] = (0.0, 0.005, 0.01, 0.05, 0.1, 0.3, 1.0, 10.0)
 #: Finished traces kept per latency bucket, and errored ones per family.
@@ -152,7 +150,8 @@ class Trace:
             self._mirror(logging.INFO, text)
 
     def _mirror(self, level: int, text: str) -> None:
-        log.log(level, "%s %s: %s", self.family, self.title, go_quote(text)[1:-1])
+        # The main log escapes what could break or forge a line.
+        log.log(level, "%s %s: %s", self.family, self.title, text)
 
     def child(self, family: str, title: str) -> Trace:
         """A new trace of ``family`` whose parent is this one (listed among its events)."""

@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from helpers.requirements import unavailable
 
 ETC = Path(__file__).resolve().parent.parent.parent / "etc" / "prometheus"
@@ -193,7 +192,9 @@ def test_auth_failures_spiking(tmp_path: Path) -> None:
             },
             {
                 # A user who mistypes a password now and then.
-                "input_series": [series("chasquid_smtpIn_responseCodeCount", "0+0.1x60", code="535")],
+                "input_series": [
+                    series("chasquid_smtpIn_responseCodeCount", "0+0.1x60", code="535")
+                ],
                 "alert_rule_test": [quiet("ChasquidAuthFailuresSpiking", "50m")],
             },
         ],

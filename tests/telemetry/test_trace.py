@@ -207,7 +207,7 @@ def test_events_are_mirrored_to_the_main_log(caplog: pytest.LogCaptureFixture) -
     t.error("already logged elsewhere", mirror=False)
     lines = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert lines == [
-        (logging.INFO, 'Queue.SendLoop Xy12: someone@testserver \\"sent\\"\\nnow'),
+        (logging.INFO, 'Queue.SendLoop Xy12: someone@testserver "sent"\nnow'),
         (logging.DEBUG, "Queue.SendLoop Xy12: detail"),
         (logging.INFO, "Queue.SendLoop Xy12: error: boom"),
     ]
