@@ -34,6 +34,7 @@ from chasquid.smtpwire import encoded_chunks
 from chasquid.stspolicy import Policy
 from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
+from chasquid.telemetry.trace import current as current_trace
 from chasquid.tlsprofile import client_context
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,13 @@ def wire_address(addr: str, smtputf8: bool) -> tuple[str, bool]:
         ) from e
 
 
+def _note(text: str) -> None:
+    """A detail for the trace of the delivery attempt in progress, if there is one."""
+    trace = current_trace()
+    if trace is not None:
+        trace.debug(text)
+
+
 def _verifying_context(factory: SSLContextFactory) -> ssl.SSLContext:
     context = factory()
     context.check_hostname = True
@@ -310,6 +318,8 @@ class SMTPCourier:
                 policy = await self.sts.get(domain)
                 if policy is not None:
                     self.counters.inc(metrics.SMTP_OUT_STS_MODES, policy.mode)
+                    _note(f"MTA-STS policy of {domain}: {policy.mode}")
+        _note(f"{what} of {domain}: {', '.join(hosts)}")
 
         results: Results = {}
         pending = list(rcpts)
@@ -317,6 +327,7 @@ class SMTPCourier:
         for host in hosts:
             if policy is not None and not policy.mx_is_valid(host):
                 log.info("%s: skipping MX %s, not allowed by the MTA-STS policy", domain, host)
+                _note(f"{host}: skipped, not allowed by the MTA-STS policy")
                 continue
             attempt = await self._attempt_host(host, domain, sender, pending, body, policy)
             still: list[str] = []
@@ -351,9 +362,11 @@ class SMTPCourier:
             async with asyncio.timeout(self.timeouts.session):
                 return await self._session(host, domain, sender, rcpts, body, policy)
         except DeliveryError as e:
+            _note(f"{host}: {e.message}")
             return dict.fromkeys(rcpts, e)
         except TimeoutError:
             err = DeliveryError.temporary(f"session with {host} exceeded {self.timeouts.session}s")
+            _note(f"{host}: {err.message}")
             return dict.fromkeys(rcpts, err)
 
     async def _connect(self, host: str, addresses: list[str]) -> _Session:
@@ -444,6 +457,7 @@ class SMTPCourier:
                 f"invalid security level (PLAIN) for STS policy: STARTTLS failed: {failure}"
             )
         log.info("%s: TLS failed (%s), retrying without TLS", host, failure)
+        _note(f"{host}: TLS failed ({failure}), retrying without TLS")
         session = await self._connect(host, addresses)
         return session, SecLevel.PLAIN
 
@@ -460,6 +474,7 @@ class SMTPCourier:
         session, level = await self._secure_session(host, domain, addresses, policy)
         try:
             self.counters.inc(metrics.SMTP_OUT_TLS, _LEVEL_LABEL[level])
+            _note(f"{host}: connected, {_LEVEL_LABEL[level]}")
             # Called on the loop: the store is not thread-safe, and its writes are tiny.
             ok = self.domaininfo.outgoing_ok(domain, level)
             self.counters.inc(metrics.SMTP_OUT_SECURITY_CHECKS, "pass" if ok else "fail")

@@ -27,8 +27,10 @@ from chasquid.daemon.mainlog import MainLog
 from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError, os_reason
 from chasquid.goquote import go_list, go_quote
+from chasquid.monitoring.sources import Flag
 from chasquid.smtpsrv.server import Mode
 from chasquid.telemetry.metrics import ALIAS_HOOK_RESULTS, Counters
+from chasquid.telemetry.trace import Tracer
 
 if TYPE_CHECKING:
     from chasquid.confdir.aliases import UserFallback
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from chasquid.confdir.domaininfo import DomainInfoStore
     from chasquid.confdir.domains import Domains
     from chasquid.confdir.layout import ConfigDir, DataDir
+    from chasquid.monitoring.server import MonitoringServer
+    from chasquid.monitoring.sources import Sources
     from chasquid.queue.delivery import Delivery
     from chasquid.queue.queue import Queue
     from chasquid.smtpsrv.certs import Certificates
@@ -63,6 +67,8 @@ class DaemonOptions:
     max_received_headers: int = 50
     #: Retry delays of the delivery loop (``--testing__retry_schedule``); () = spec/20 §4.7.
     retry_schedule: tuple[float, ...] = ()
+    #: Every flag with its value, for the monitoring server's /debug/flags.
+    flags: tuple[Flag, ...] = ()
 
 
 #: Worker threads of the default executor (programs, fsyncs, scrypt, SPF).
@@ -223,6 +229,11 @@ class Daemon:
         # One registry for every counter of spec/20 §10 and spec/10 §16, so the
         # monitoring server can expose them all from one place.
         self.counters = Counters()
+        # Traces of connections, queue items and deliveries, for the monitoring pages.
+        self.tracer = Tracer()
+        # Every AUTH attempt of the daemon's life, in one trace that never ends.
+        self.auth_trace = self.tracer.new("Authentication", "Incoming SMTP")
+        self.monitoring: MonitoringServer | None = None
 
     # --- accessors the sessions read; swapping the attribute is the atomic reload.
 
@@ -265,15 +276,13 @@ class Daemon:
         self.config_dir = ConfigDir(Path("."))
         self.data_dir = data_dir_for(config, ".")
         self.maillog = self._open_maillog(config)
+        if config.monitoring_address:
+            # Early, so the pages already answer while domains and the queue load.
+            await self._start_monitoring(config.monitoring_address)
         self.dovecot = await self._start_dovecot(config)
 
         self.certificates = self._load_certificates()
         self.domains = self._load_domains()
-        # Said once, at start-up: settings of features not built yet do nothing.
-        from chasquid.daemon.unused_config import unused_config
-
-        for warning in unused_config(config):
-            log.warning("%s", warning)
         self.domaininfo = self._open_domaininfo()
         self._init_sts_cache()
         self.queue = await self._load_queue()
@@ -315,6 +324,44 @@ class Daemon:
             return MailLog.open(config.mail_log_path)
         except (MailLogError, OSError) as e:
             raise FatalError(f"Error opening mail log: {e}") from None
+
+    async def _start_monitoring(self, address: str) -> None:
+        """The monitoring HTTP server (docs/monitoring.md); not listening is fatal."""
+        from chasquid.monitoring.server import MonitoringServer, is_loopback_address
+
+        if not is_loopback_address(address):
+            log.warning(
+                "Monitoring address %s is not a loopback address: whoever can reach it can "
+                "read the queue, the traces and the configuration, and stop the daemon",
+                go_quote(address),
+            )
+        try:
+            sock = bind_tcp(address)
+        except ListenError as e:
+            raise FatalError(f"Monitoring server failed: {e}") from None
+        server = MonitoringServer(self._monitoring_sources())
+        await server.start(sock)
+        self.monitoring = server
+        log.info("Monitoring HTTP server listening on %s", address)
+
+    def _monitoring_sources(self) -> Sources:
+        from chasquid.monitoring.sources import BuildInfo, Sources
+        from chasquid.telemetry import metrics
+        from chasquid.version import source_date
+
+        assert self.config is not None
+        return Sources(
+            config=self.config,
+            counters=self.counters,
+            catalogue=metrics.CATALOGUE,
+            tracer=self.tracer,
+            build=BuildInfo(__version__, source_date(), tuple(sys.argv)),
+            flags=self.options.flags,
+            # The queue page answers once the queue is loaded (spec/30 §7.1).
+            queue=lambda: self.delivery if self.queue is not None else None,
+            request_exit=self.request_exit,
+            os_hostname=socket.gethostname(),
+        )
 
     async def _start_dovecot(self, config: Config) -> DovecotAuth | None:
         """With dovecot_auth, the Dovecot fallback, probed once: a failure is only a warning.
@@ -404,6 +451,7 @@ class Daemon:
             max_items=config.max_queue_items,
             give_up=config.give_up_send_after,
             counters=self.counters,
+            tracer=self.tracer,
         )
         self.delivery = self._start_delivery(queue)
         try:
@@ -472,6 +520,8 @@ class Daemon:
             counters=self.counters,
             authenticator=Authenticator(fallback=self.dovecot),
             max_received_headers=self.options.max_received_headers,
+            tracer=self.tracer,
+            auth_trace=self.auth_trace,
         )
         return self.ctx
 
@@ -512,6 +562,10 @@ class Daemon:
     def _on_sighup(self) -> None:
         log.info("Received SIGHUP, reloading")
         self._spawn(self.reload(full=True))
+
+    def request_exit(self) -> None:
+        """Shut down gracefully, as SIGTERM does (the monitoring server's POST /exit)."""
+        self._stop.set()
 
     def _on_exit_signal(self, name: str) -> None:
         if self._stop.is_set():
@@ -615,6 +669,8 @@ class Daemon:
             await self.queue.stop()
         if self.maillog is not None:
             self.maillog.close()
+        if self.monitoring is not None:
+            await self.monitoring.close()
         log.info("chasquid exiting")
 
 

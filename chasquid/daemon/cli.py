@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -17,6 +17,9 @@ BOOL_FLAGS = ("version", "logtime", "alsologtostderr")
 
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+if TYPE_CHECKING:
+    from chasquid.monitoring.sources import Flag
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ASSIGNMENT = re.compile(r"^(--?)([A-Za-z0-9_-]+)=(.*)$", re.DOTALL)
@@ -192,8 +195,31 @@ def command(
         reload_every=testing__reload_every,
         max_received_headers=testing__max_received_headers,
         retry_schedule=_retry_schedule(testing__retry_schedule),
+        flags=given_flags(click.get_current_context()),
     )
     sys.exit(daemon.run(options, mainlog))
+
+
+def given_flags(ctx: click.Context) -> tuple[Flag, ...]:
+    """Every flag's value as a command line spells it, and whether it was on the command line."""
+    from chasquid.durations import format_duration
+    from chasquid.monitoring.sources import Flag
+
+    flags = []
+    for param in ctx.command.params:
+        name = param.name
+        if not isinstance(param, click.Option) or name is None or name not in ctx.params:
+            continue
+        value = ctx.params[name]
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, float):  # the durations, parsed to seconds
+            text = format_duration(value)
+        else:
+            text = str(value)
+        given = ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+        flags.append(Flag(name, text, given))
+    return tuple(flags)
 
 
 def _retry_schedule(text: str) -> tuple[float, ...]:

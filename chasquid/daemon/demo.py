@@ -28,6 +28,7 @@ USER = "demo"
 SMTP_ADDRESS = "127.0.0.1:2525"
 SUBMISSION_ADDRESS = "127.0.0.1:2587"
 SUBMISSION_TLS_ADDRESS = "127.0.0.1:2465"
+MONITORING_ADDRESS = "127.0.0.1:1099"
 
 _PASSWORD_LINE = re.compile(r"^Password: (\S+)$", re.MULTILINE)
 
@@ -110,6 +111,7 @@ def render_conf(final: Demo) -> str:
             ("mail_delivery_agent_args", "%to%"),
             ("data_dir", str(final.data_dir)),
             ("mail_log_path", "<stdout>"),
+            ("monitoring_address", MONITORING_ADDRESS),
         )
     )
 
@@ -126,6 +128,7 @@ Listeners: SMTP {SMTP_ADDRESS}, submission {SUBMISSION_ADDRESS} (STARTTLS),
 submission over TLS {SUBMISSION_TLS_ADDRESS}.
 The certificate is self-signed for {HOSTNAME}: tell your client not to verify it.
 Mail for {DOMAIN} is delivered into {final.maildir}/new/
+Monitoring (queue, traces, metrics): http://{MONITORING_ADDRESS}/
 
 Config dir: {final.config_dir.root}
 Try: chasquid-util -C={final.config_dir.root} user-list

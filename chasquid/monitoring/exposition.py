@@ -18,46 +18,20 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric, UnknownMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from chasquid.monitoring.sources import MetricSpec, Sources
+from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 
 SOURCE_DATE_TIMESTAMP = "chasquid/sourceDateTimestamp"
 SOURCE_DATE_HELP = "timestamp when the binary was built, in seconds since epoch"
 
 _NOT_METRIC_CHAR = re.compile(r"[^a-zA-Z0-9_]")
-
-
-class MetricSpec(Protocol):
-    """How one counter is exported: its variable name, map label (None if plain), help text."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def label(self) -> str | None: ...
-
-    @property
-    def help(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class BuildInfo:
-    """What the daemon exports about itself besides counters."""
-
-    version: str
-    source_date: datetime
-    argv: Sequence[str]
-
-    @property
-    def source_date_text(self) -> str:
-        """``YYYY-MM-DD HH:MM:SS ±hhmm``."""
-        return self.source_date.strftime("%Y-%m-%d %H:%M:%S %z")
 
 
 def metric_name(variable: str) -> str:
@@ -77,29 +51,27 @@ def label_value(key: str) -> str:
 
 
 class CountersCollector(Collector):
-    """A prometheus-client collector reading the daemon's counters at each scrape."""
+    """A prometheus-client collector reading the daemon's variables at each scrape."""
 
-    def __init__(self, counters: Counters, catalogue: Sequence[MetricSpec], build: BuildInfo):
-        self.counters = counters
-        self.catalogue = catalogue
-        self.build = build
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        """One family per counter of the catalogue (and any counter it does not list), sorted."""
+        """One family per counter of the catalogue (and any it does not list) and per
+        number about the daemon (source date, queue length), sorted by name."""
         families: list[Metric] = []
-        stamp = UnknownMetricFamily(metric_name(SOURCE_DATE_TIMESTAMP), SOURCE_DATE_HELP)
-        stamp.add_metric([], int(self.build.source_date.timestamp()))
-        families.append(stamp)
-        for spec, values in _counter_values(self.counters, self.catalogue):
-            label = spec.label if spec is not None else None
-            name = spec.name if spec is not None else ""
-            help_text = spec.help if spec is not None else ""
-            plain = values.get(None)
-            if label is None and set(values) <= {None}:
-                family = UnknownMetricFamily(metric_name(name), help_text)
-                family.add_metric([], plain or 0)
+        for name, help_text, value in _numbers(self.sources):
+            family = UnknownMetricFamily(metric_name(name), help_text)
+            family.add_metric([], value)
+            families.append(family)
+        for spec, values in _counter_values(self.sources.counters, self.sources.catalogue):
+            if spec.label is None and set(values) <= {None}:
+                family = UnknownMetricFamily(metric_name(spec.name), spec.help)
+                family.add_metric([], values.get(None, 0))
             else:
-                family = UnknownMetricFamily(metric_name(name), help_text, labels=[label or "key"])
+                family = UnknownMetricFamily(
+                    metric_name(spec.name), spec.help, labels=[spec.label or "key"]
+                )
                 for key in sorted(k for k in values if k is not None):
                     family.add_metric([label_value(key)], values[key])
             families.append(family)
@@ -107,9 +79,17 @@ class CountersCollector(Collector):
         yield from families
 
 
+def _numbers(sources: Sources) -> Iterator[tuple[str, str, int]]:
+    """(name, help, value) of the numbers that are not counters."""
+    yield SOURCE_DATE_TIMESTAMP, SOURCE_DATE_HELP, int(sources.build.source_date.timestamp())
+    queue = sources.queue()
+    if queue is not None:
+        yield metrics.QUEUE_LENGTH.name, metrics.QUEUE_LENGTH.help, len(queue)
+
+
 def _counter_values(
     counters: Counters, catalogue: Sequence[MetricSpec]
-) -> Iterator[tuple[Any, dict[str | None, int]]]:
+) -> Iterator[tuple[MetricSpec, dict[str | None, int]]]:
     """(spec, values) for every declared counter, then (a stand-in spec, values) for others."""
     snapshot = counters.snapshot()
     declared = set()
@@ -145,21 +125,18 @@ def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str
     return encoder(registry), content_type
 
 
-def variables(
-    counters: Counters,
-    catalogue: Sequence[MetricSpec],
-    build: BuildInfo,
-    memstats: Mapping[str, Any],
-) -> dict[str, Any]:
+def variables(sources: Sources, memstats: Mapping[str, Any]) -> dict[str, Any]:
     """Every exported variable by name: counters, version, source date, argv and memory."""
+    build = sources.build
     out: dict[str, Any] = {
         "chasquid/version": build.version,
         "chasquid/sourceDateStr": build.source_date_text,
-        SOURCE_DATE_TIMESTAMP: int(build.source_date.timestamp()),
         "cmdline": list(build.argv),
         "memstats": dict(memstats),
     }
-    for spec, values in _counter_values(counters, catalogue):
+    for name, _, value in _numbers(sources):
+        out[name] = value
+    for spec, values in _counter_values(sources.counters, sources.catalogue):
         if spec.label is None and set(values) <= {None}:
             out[spec.name] = values.get(None, 0)
         else:

@@ -86,9 +86,7 @@ class PageState:
             undefined=jinja2.StrictUndefined,
             finalize=_finalize,
         )
-        self.registry = exposition.metrics_registry(
-            exposition.CountersCollector(sources.counters, sources.catalogue, sources.build)
-        )
+        self.registry = exposition.metrics_registry(exposition.CountersCollector(sources))
 
     def render(self, template: str, status: int = 200, **context: Any) -> web.Response:
         """An HTML response from a template."""
@@ -229,12 +227,7 @@ async def traces(request: web.Request) -> web.Response:
 async def debug_vars(request: web.Request) -> web.Response:
     """``/debug/vars``: every exported variable as JSON."""
     sources = _sources(request)
-    variables = exposition.variables(
-        sources.counters,
-        sources.catalogue,
-        sources.build,
-        exposition.memstats(len(asyncio.all_tasks())),
-    )
+    variables = exposition.variables(sources, exposition.memstats(len(asyncio.all_tasks())))
     return web.Response(
         body=exposition.render_vars(variables), content_type="application/json", charset="utf-8"
     )

@@ -8,10 +8,36 @@ from datetime import datetime
 from typing import Protocol
 
 from chasquid.confdir.config import Config
-from chasquid.monitoring.exposition import BuildInfo, MetricSpec
 from chasquid.queue.item import QueueItem
 from chasquid.telemetry.metrics import Counters
 from chasquid.telemetry.trace import Tracer
+
+
+class MetricSpec(Protocol):
+    """How one counter is exported: its variable name, map label (None if plain), help text."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str | None: ...
+
+    @property
+    def help(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    """What the daemon exports about itself besides counters."""
+
+    version: str
+    source_date: datetime
+    argv: Sequence[str]
+
+    @property
+    def source_date_text(self) -> str:
+        """``YYYY-MM-DD HH:MM:SS ±hhmm``."""
+        return self.source_date.strftime("%Y-%m-%d %H:%M:%S %z")
 
 
 class QueueSource(Protocol):
@@ -23,6 +49,10 @@ class QueueSource(Protocol):
 
     def next_attempt(self, item_id: str) -> datetime | None:
         """When the item's next attempt is due (None while attempting)."""
+        ...
+
+    def __len__(self) -> int:
+        """How many items are in the queue."""
         ...
 
 

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,14 +35,16 @@ from chasquid.courier.base import (
     Results,
 )
 from chasquid.courier.srs import forward_sender
+from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError
 from chasquid.normalize import split_addr
 from chasquid.queue.dsn import build_dsn, reporting_domain
 from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
-from chasquid.queue.queue import Queue, QueueError
+from chasquid.queue.queue import ITEM_TRACE_FAMILY, Queue, QueueError
 from chasquid.telemetry import metrics
 from chasquid.telemetry.maillog import MailLog
 from chasquid.telemetry.metrics import Counters
+from chasquid.telemetry.trace import Trace, running
 
 if TYPE_CHECKING:
     from chasquid.confdir.config import Config
@@ -53,6 +55,16 @@ log = logging.getLogger("chasquid.queue")
 #: spec/20 §4.7: the delay after an attempt is the first of these longer than
 #: the item's age, else the last one.
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (60.0, 300.0, 600.0, 1200.0)
+
+#: The trace family of a delivery attempt, by ``deliverAttempts`` label; local
+#: mail over LMTP is ``Courier.LMTP``.
+ATTEMPT_FAMILIES = {
+    "pipe": "Courier.Pipe",
+    "email:local": "Courier.MDA",
+    "email:remote": "Courier.SMTP.Deliver",
+    "forward": "Courier.SMTP.Forward",
+}
+LMTP_FAMILY = "Courier.LMTP"
 
 #: The text a recipient removed by ``queue remove`` is failed with.
 REMOVED_MESSAGE = "removed from the queue by the administrator"
@@ -121,6 +133,9 @@ class ItemRunner:
         self.task: asyncio.Task[None] | None = None
         self.next_attempt: datetime | None = None
         self._writes: set[asyncio.Future[bool]] = set()
+        # The queue opened it when the item arrived, and closes it when it leaves.
+        trace = delivery.queue.trace(item.id)
+        self.trace = trace or delivery.queue.tracer.new(ITEM_TRACE_FAMILY, item.id)
 
     # --- the loop, spec/20 §4.7.
 
@@ -132,6 +147,7 @@ class ItemRunner:
             if not self.item.pending():
                 break
             delay = next_delay(self._age(), d.retry_schedule)
+            self.trace.debug(f"waiting for {format_duration(round(delay))}")
             self.next_attempt = d.now() + timedelta(seconds=delay)
             d.maillog.queue_loop(self.item.id, self.item.sender, delay)
             self.wake.clear()
@@ -176,22 +192,37 @@ class ItemRunner:
                     lmtp_group,
                     lambda rcpts: lmtp.deliver_many(item.sender, rcpts, item.body),
                     "email:local",
+                    LMTP_FAMILY,
                 )
             )
         for (_, sender, via), indexes in remote_groups.items():
             jobs.append(self._remote(indexes, sender, via))
         await asyncio.gather(*jobs)
 
+    @contextlib.contextmanager
+    def _attempt(self, family: str, rcpts: Sequence[str]) -> Iterator[Trace]:
+        """The trace of one delivery attempt, a child of the item's; current within the block."""
+        for rcpt in rcpts:
+            self.trace.debug(f"{rcpt} sending")
+        attempt = self.trace.child(family, ", ".join(rcpts))
+        try:
+            with running(attempt):
+                yield attempt
+        finally:
+            attempt.finish()
+
     async def _single(self, i: int, courier: Courier, sender: str, kind: str) -> None:
         r = self.item.rcpts[i]
         self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind)
-        try:
-            await courier.deliver(sender, r.address, self.item.body)
-            error: DeliveryError | None = None
-        except DeliveryError as e:
-            error = e
-        except Exception as e:
-            error = _unexpected(self.item.id, r.address, e)
+        with self._attempt(ATTEMPT_FAMILIES[kind], [r.address]) as attempt:
+            try:
+                await courier.deliver(sender, r.address, self.item.body)
+                error: DeliveryError | None = None
+            except DeliveryError as e:
+                error = e
+            except Exception as e:
+                error = _unexpected(self.item.id, r.address, e)
+            _note(attempt, r.address, error)
         await self.record(i, error)
 
     async def _remote(self, indexes: list[int], sender: str, via: tuple[str, ...]) -> None:
@@ -201,24 +232,28 @@ class ItemRunner:
         def call(rcpts: Sequence[str]) -> Awaitable[Results]:
             return remote.deliver_many(sender, rcpts, self.item.body, via=via)
 
-        await self._batch(indexes, call, kind)
+        await self._batch(indexes, call, kind, ATTEMPT_FAMILIES[kind])
 
     async def _batch(
         self,
         indexes: list[int],
         call: Callable[[Sequence[str]], Awaitable[Results]],
         kind: str,
+        family: str,
     ) -> None:
         rcpts = [self.item.rcpts[i].address for i in indexes]
         self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind, by=len(indexes))
         errors: list[DeliveryError | None]
-        try:
-            results = await call(rcpts)
-            errors = [results.get(r, _NO_RESULT) for r in rcpts]
-        except DeliveryError as e:
-            errors = [e] * len(indexes)
-        except Exception as e:
-            errors = [_unexpected(self.item.id, ", ".join(rcpts), e)] * len(indexes)
+        with self._attempt(family, rcpts) as attempt:
+            try:
+                results = await call(rcpts)
+                errors = [results.get(r, _NO_RESULT) for r in rcpts]
+            except DeliveryError as e:
+                errors = [e] * len(indexes)
+            except Exception as e:
+                errors = [_unexpected(self.item.id, ", ".join(rcpts), e)] * len(indexes)
+            for rcpt, error in zip(rcpts, errors, strict=True):
+                _note(attempt, rcpt, error)
         for i, error in zip(indexes, errors, strict=True):
             await self.record(i, error)
 
@@ -239,15 +274,16 @@ class ItemRunner:
         # redelivers, exactly as a crash before this write would have.
         r = self.item.rcpts[i]
         item_id, sender = self.item.id, self.item.sender
+        # The trace also writes the main log's line (Queue.SendLoop <id>: ...).
         if error is None:
-            log.info("Queue.SendLoop %s: %s sent", item_id, r.address)
-        else:
-            kind = "permanent" if error.permanent else "temporary"
-            log.info("Queue.SendLoop %s: %s failed (%s): %s", item_id, r.address, kind, error)
-        if error is None:
+            result = "sent"
+            self.trace.log(f"{r.address} sent")
             d.maillog.sent(item_id, sender, r.address)
         else:
+            result = "permanent" if error.permanent else "temporary"
+            self.trace.error(f"{r.address} {result} error: {error.message}")
             d.maillog.failed(item_id, sender, r.address, error.message, error.permanent)
+        d.counters.inc(metrics.QUEUE_DELIVERY_RESULTS, result)
 
     async def write(self) -> None:
         """Rewrite the item durably; a write in flight survives cancellation of the loop."""
@@ -268,10 +304,22 @@ class ItemRunner:
         # From here on administrators cannot remove or flush it: it is leaving.
         d.runners.pop(item.id, None)
         unfinished = any(r.status is not RecipientStatus.SENT for r in item.rcpts)
+        if item.pending():
+            self.trace.log(f"giving up after {format_duration(round(self._age()))}")
         if unfinished and item.sender != "<>":
             await d.queue_dsn(item)
+        self.trace.debug("all done")
         d.maillog.all_done(item.id, item.sender)
         await d.queue.remove(item.id)
+        self.trace.finish()
+
+
+def _note(attempt: Trace, rcpt: str, error: DeliveryError | None) -> None:
+    """An attempt's outcome in its own trace (the item's trace logs it to the main log)."""
+    if error is None:
+        attempt.debug(f"{rcpt} sent")
+    else:
+        attempt.error(f"{rcpt}: {error.message}", mirror=False)
 
 
 #: A courier that leaves a recipient out of its results has a bug: retry that one later.
@@ -312,6 +360,14 @@ class Delivery:
         self.runners: dict[str, ItemRunner] = {}
         self._stopped = False
 
+    def items(self) -> list[QueueItem]:
+        """Every item in the queue (for the monitoring pages)."""
+        return self.queue.items()
+
+    def __len__(self) -> int:
+        """How many items are in the queue."""
+        return len(self.queue)
+
     def start_item(self, item: QueueItem) -> None:
         """Start the loop of a new item (the queue's on_new_item callback)."""
         if self._stopped or item.id in self.runners:
@@ -345,10 +401,13 @@ class Delivery:
         except OSError as e:
             log.error("%s: cannot build the DSN, the message is unreadable: %s", item.id, e)
             return
+        trace = self.queue.trace(item.id)
         try:
-            dsn_id = await self.queue.put("<>", [item.sender], dsn)
+            dsn_id = await self.queue.put("<>", [item.sender], dsn, origin=trace)
         except QueueError as e:
             log.error("%s: failed to queue DSN: %s", item.id, e)
+            if trace is not None:
+                trace.error(f"failed to queue the DSN: {e}", mirror=False)
             return
         self.counters.inc(metrics.QUEUE_DSNS)
         log.info("%s: sent DSN %s", item.id, dsn_id)
@@ -377,6 +436,7 @@ class Delivery:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner.task
         await runner.settle_writes()
+        runner.trace.log(REMOVED_MESSAGE)
         item = runner.item
         for i in item.pending():
             item = item.with_status(i, RecipientStatus.FAILED, REMOVED_MESSAGE)
@@ -389,6 +449,7 @@ class Delivery:
             await self.queue_dsn(item)
         self.maillog.all_done(item.id, item.sender)
         await self.queue.remove(item.id)
+        runner.trace.finish()
 
     def next_attempt(self, item_id: str) -> datetime | None:
         """When the item's next attempt is due (None while attempting, or unknown)."""

@@ -3,6 +3,9 @@
 The per-item delivery loop (spec/20 §4.7) is not here: it plugs in through
 ``on_new_item``, called for every item that enters the queue (``put`` and
 ``load``), and uses ``get``/``update``/``remove``.
+
+Each item has a trace (family ``Queue.SendLoop``) from the moment it enters
+the queue until it leaves it; the delivery loop records its attempts there.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
 from chasquid.queue.store import QueueStore, QueueStoreError, StoreOp
 from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
+from chasquid.telemetry.trace import Trace, Tracer
 
 log = logging.getLogger("chasquid.queue")
 
+
+#: The trace family of queue items.
+ITEM_TRACE_FAMILY = "Queue.SendLoop"
 
 DEFAULT_MAX_ITEMS = 200
 DEFAULT_GIVE_UP = 20 * 3600.0
@@ -67,15 +74,18 @@ class Queue:
         *,
         on_new_item: NewItemCallback | None = None,
         counters: Counters | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.store = store
         self.counters = counters if counters is not None else Counters()
+        self.tracer = tracer if tracer is not None else Tracer()
         # Only positive values override the defaults (spec/20 §4.6).
         self.max_items = max_items if max_items > 0 else DEFAULT_MAX_ITEMS
         self.give_up = give_up if give_up > 0 else DEFAULT_GIVE_UP
         self.on_new_item = on_new_item
         self._resolver_getter = resolver_getter
         self._items: dict[str, QueueItem] = {}
+        self._traces: dict[str, Trace] = {}
         # Group commit: changes asked for while the store is busy wait here and
         # go to disk together, in one worker-thread call with one directory fsync.
         self._ops: list[tuple[StoreOp, asyncio.Future[None]]] = []
@@ -92,6 +102,10 @@ class Queue:
         """A snapshot of every queued item."""
         return list(self._items.values())
 
+    def trace(self, item_id: str) -> Trace | None:
+        """The trace of a queued item (None once it has left the queue)."""
+        return self._traces.get(item_id)
+
     async def load(self) -> list[QueueItem]:
         """Load the items on disk (at start-up) and hand each to on_new_item.
 
@@ -107,7 +121,14 @@ class Queue:
             self._register(item)
         return loaded
 
-    async def put(self, sender: str, rcpts: Iterable[str], body: Body | bytes) -> str:
+    async def put(
+        self,
+        sender: str,
+        rcpts: Iterable[str],
+        body: Body | bytes,
+        *,
+        origin: Trace | None = None,
+    ) -> str:
         """Queue a message durably and return its id (spec/20 §4.4).
 
         rcpts are the RCPT addresses as accepted; each is expanded through the
@@ -115,7 +136,9 @@ class Queue:
         memory, such as a DSN). When this returns, the item is on disk, with a
         copy of the message: the caller may delete the files ``body`` read
         from (a reception spool). From then on the item's body is read from
-        the item's file.
+        the item's file. ``origin`` is the trace of what produced the message (the SMTP
+        connection, or the item a DSN reports on): it and the item's trace
+        link to each other.
         """
         if len(self._items) >= self.max_items:
             raise QueueError("Queue size too big, try again later")
@@ -155,7 +178,7 @@ class Queue:
             await self._write(item, new=True)
         except QueueStoreError as e:
             raise QueueError(f"failed to write item: {e}") from None
-        self._register(item.with_body(self.store.body(item.id)))
+        self._register(item.with_body(self.store.body(item.id)), origin)
         return item.id
 
     async def update(self, item: QueueItem) -> bool:
@@ -186,6 +209,9 @@ class Queue:
             log.error("%s: failed to remove queue file: %s", item_id, e)
         finally:
             self._items.pop(item_id, None)
+            trace = self._traces.pop(item_id, None)
+            if trace is not None:
+                trace.finish()
 
     async def _write(self, item: QueueItem, *, new: bool = False) -> None:
         await self._submit(StoreOp(item=item, new=new))
@@ -236,8 +262,16 @@ class Queue:
             # Errors were already given to the writes' own waiters.
             await asyncio.wait([flusher])
 
-    def _register(self, item: QueueItem) -> None:
+    def _register(self, item: QueueItem, origin: Trace | None = None) -> None:
         self._items[item.id] = item
+        trace = self.tracer.new(ITEM_TRACE_FAMILY, item.id)
+        trace.debug(f"from {item.sender} to {', '.join(item.to)}")
+        if origin is not None:
+            origin.link(trace, f"queued as {item.id}")
+            trace.link(origin, f"queued by {origin.family} {origin.title}")
+        else:
+            trace.debug("loaded from the queue directory")
+        self._traces[item.id] = trace
         if self.on_new_item is not None:
             self.on_new_item(item)
 

@@ -18,6 +18,7 @@ from chasquid.smtpsrv.certs import Certificates
 from chasquid.smtpsrv.registry import Sessions
 from chasquid.telemetry.maillog import MailLog
 from chasquid.telemetry.metrics import Counters
+from chasquid.telemetry.trace import Trace, Tracer
 
 HANDSHAKE_TIMEOUT = 60.0
 #: Connection lifetime (spec/10 §4.2).
@@ -67,6 +68,8 @@ class ReceptionContext:
     overrides it); ``lifetime`` is the connection lifetime and
     ``data_idle_timeout`` the longest wait for DATA's next bytes, in seconds
     (test knobs).  ``sessions`` registers the live sessions for graceful shutdown.
+    Each connection records a trace (family ``SMTP.Conn``) in ``tracer``;
+    ``auth_trace`` is the daemon's long-lived trace of every AUTH attempt.
     """
 
     config: Config
@@ -83,6 +86,8 @@ class ReceptionContext:
     lifetime: float = LIFETIME
     data_idle_timeout: float = DATA_IDLE_TIMEOUT
     sessions: Sessions = field(default_factory=Sessions)
+    tracer: Tracer = field(default_factory=Tracer)
+    auth_trace: Trace | None = None
 
     @property
     def hostname(self) -> str:

@@ -87,6 +87,8 @@ class SMTPSession(SMTP):
         self.mode = mode
         self.ctx = ctx
         self.started = time.monotonic()
+        # Titled with the peer once connected; finished when the session ends.
+        self.trace = ctx.tracer.new("SMTP.Conn", "")
         self.helo_domain = ""
         self.esmtp = False
         self.tls: headers.TLSInfo | None = None
@@ -124,6 +126,8 @@ class SMTPSession(SMTP):
             self.tcp_peer = format_client(peer)
             self.client = peer
             self.client_ip = str(peer[0])
+        self.trace.title = self.tcp_peer
+        self.trace.debug(f"Connected, mode: {self.mode.display}")
         super().connection_made(transport)
         self.ctx.sessions.add(self)
 
@@ -157,11 +161,13 @@ class SMTPSession(SMTP):
         if client and client != self.tcp_peer:
             who = f"{client} (via {self.tcp_peer})"
         log.warning("SMTP.Conn %s: error: %s", who, go_quote(text)[1:-1])
+        self.trace.error(text, mirror=False)
 
     async def _send(self, code: int, text: str, *, may_defer: bool = False) -> None:
         lines = text.split("\n")
         out = [f"{code}-{line}" for line in lines[:-1]] + [f"{code} {lines[-1]}"]
         self.ctx.counters.inc(metrics.SMTP_IN_RESPONSE_CODES, str(code))
+        self.trace.debug(f"<- {code}  {text}")
         await self._write("\r\n".join(out), may_defer=may_defer)
 
     async def _write(self, reply: str, *, may_defer: bool = False) -> None:
@@ -198,6 +204,7 @@ class SMTPSession(SMTP):
             return
         cipher = obj.cipher()
         self.tls = headers.TLSInfo(version=obj.version() or "", cipher=cipher[0] if cipher else "")
+        self.trace.debug(f"TLS: {self.tls.version} {self.tls.cipher}")
         sni = getattr(obj, SNI_ATTR, "")
         if sni and valid_hostname(sni):
             self.hostname = sni
@@ -236,9 +243,12 @@ class SMTPSession(SMTP):
             raise
         except (ConnectionError, OSError) as e:
             log.info("SMTP.Conn %s: connection error: %s", self.tcp_peer, e)
-        except Exception:
+            self.trace.error(f"connection error: {e}", mirror=False)
+        except Exception as e:
             log.exception("SMTP.Conn %s: unexpected error", self.tcp_peer)
+            self.trace.error(f"unexpected error: {type(e).__name__}: {e}", mirror=False)
         finally:
+            self.trace.finish()
             self._close()
             self.ctx.sessions.discard(self)
             if self._client_key is not None:
@@ -306,11 +316,14 @@ class SMTPSession(SMTP):
                 return
             self.client = (header.src_ip, header.src_port)
             self.client_ip = header.src_ip
+            self.trace.debug(f"PROXY: the client is {format_client(self.client)}")
         if refused_by := self._over_connection_limit():
             self.ctx.counters.inc(metrics.SMTP_IN_CONNECTIONS_REFUSED, refused_by)
-            log.info("SMTP.Conn %s: refused: over %s", self.tcp_peer, refused_by)
+            # Also the main log's line: SMTP.Conn <peer>: refused: over <limit>.
+            self.trace.log(f"refused: over {refused_by}")
             await self._write("421 4.7.0 Too many connections, try again later")
             return
+        self.trace.debug(f"<- 220 {self.hostname_now} ESMTP {self.ctx.software}")
         await self._write(f"220 {self.hostname_now} ESMTP {self.ctx.software}")
 
         while self.transport is not None:
@@ -334,6 +347,8 @@ class SMTPSession(SMTP):
             verb_b, _, params_b = line.partition(b" ")
             verb = verb_b.decode("ascii", "replace").upper()
             params = params_b.decode("utf-8", "surrogateescape")
+            # AUTH's parameters may hold the password itself (AUTH PLAIN <base64>).
+            self.trace.debug(f"-> {verb} <redacted>" if verb == "AUTH" else f"-> {verb} {params}")
             if verb in HTTP_VERBS:
                 self.ctx.counters.inc(metrics.SMTP_IN_WRONG_PROTOCOL, verb)
                 self._log_error("http command, closing connection")
@@ -483,14 +498,23 @@ class SMTPSession(SMTP):
             )
         except auth.AuthBackendError as e:
             log.info("SMTP.Conn %s: auth backend error: %s", self.tcp_peer, e)
+            self.trace.error(f"auth backend error: {e}", mirror=False)
+            self._auth_event(who, "backend error")
             self.ctx.maillog.auth(self.client, who, False)
             return Reply(454, "4.7.0 Temporary authentication failure")
+        self._auth_event(who, "successful" if ok else "failed")
         self.ctx.maillog.auth(self.client, who, ok)
         if not ok:
             return Reply(535, "5.7.8 Incorrect user or password")
         self.authenticated = True
         self.auth_user, self.auth_domain = user, domain
         return Reply(235, "2.7.0 Authentication successful")
+
+    def _auth_event(self, who: str, outcome: str) -> None:
+        """One AUTH attempt, in this connection's trace and the daemon's Authentication trace."""
+        self.trace.debug(f"AUTH as {who}: {outcome}")
+        if self.ctx.auth_trace is not None:
+            self.ctx.auth_trace.debug(f"{format_client(self.client)} AUTH as {who}: {outcome}")
 
     # ---- MAIL / RCPT ----------------------------------------------------------------
 
@@ -520,6 +544,7 @@ class SMTPSession(SMTP):
         if not self.authenticated and self.client_ip:
             spf_result = await spfcheck.check(self.client_ip, addr, raw_domain)
             self.ctx.counters.inc(metrics.SMTP_IN_SPF_RESULTS, spf_result.result)
+            self.trace.debug(f"SPF {spf_result.result}: {spf_result.reason}")
             if spf_result.result == "fail":
                 self.ctx.maillog.rejected(self.client, addr, [], f"failed SPF: {spf_result.reason}")
                 return Reply(550, f"5.7.23 SPF check failed: {spf_result.reason}")
@@ -737,13 +762,15 @@ class SMTPSession(SMTP):
 
         outcome = await self._run_hook(message)
         self.ctx.counters.inc(metrics.SMTP_IN_HOOK_RESULTS, f"post-data:{outcome.result}")
+        if outcome.result != "skip":
+            self.trace.debug(f"post-data hook: {outcome.result}")
         if outcome.reply_code:
             self._reject(outcome.reply_text)
             return Reply(outcome.reply_code, outcome.reply_text)
         message = message.prepend(outcome.headers)
 
         try:
-            item_id = await self.ctx.queue.put(sender, list(self.rcpts), message)
+            item_id = await self.ctx.queue.put(sender, list(self.rcpts), message, origin=self.trace)
         except QueueError as e:
             return Reply(451, f"4.3.0 Failed to queue message: {e}")
         self.ctx.maillog.queued(self.client, sender or "<>", self.rcpts, item_id)

@@ -98,6 +98,11 @@ QUEUE_DELIVERY_ATTEMPTS = _declare(
     "attempts to deliver mail, by recipient type",
     "recipient_type",
 )
+QUEUE_DELIVERY_RESULTS = _declare(
+    "chasquid/queue/deliveryResults",
+    "outcomes of delivery attempts: sent, temporary or permanent failure",
+    "result",
+)
 QUEUE_DSNS = _declare("chasquid/queue/dsnQueued", "count of DSNs that we generated (queued)")
 
 # --- remote delivery (chasquid.courier.smtp).
@@ -151,6 +156,17 @@ STS_CACHE_REFRESH_ERRORS = _declare(
 
 #: Every counter, in declaration order.
 CATALOGUE: tuple[Counter, ...] = tuple(_declared.values())
+
+
+@dataclass(frozen=True)
+class Gauge:
+    """A value read when the monitoring server publishes it, rather than counted."""
+
+    name: str
+    help: str
+
+
+QUEUE_LENGTH = Gauge("chasquid/queue/length", "count of items in the queue")
 
 
 class Counters:

@@ -11,6 +11,10 @@ Every event is also written to the main log (``<family> <title>: <text>``),
 at debug level for debug events and at info level otherwise.
 
 Traces are used from the event loop only; nothing here takes a lock.
+
+``current()`` is the trace of the operation the running task is doing (a
+delivery attempt sets it with ``running``), so a courier deep below can add
+detail to it without every call in between passing it along.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -322,3 +328,21 @@ class Tracer:
         if other.parent is not None and other.parent.id == trace_id:
             return other.parent
         return next((t for t in other.related() if t.id == trace_id), None)
+
+
+_current: ContextVar[Trace | None] = ContextVar("chasquid_current_trace", default=None)
+
+
+def current() -> Trace | None:
+    """The trace of what the running task is doing, if something set one."""
+    return _current.get()
+
+
+@contextmanager
+def running(trace: Trace) -> Iterator[Trace]:
+    """Make ``trace`` the current one within the block (in this task and the tasks it starts)."""
+    token = _current.set(trace)
+    try:
+        yield trace
+    finally:
+        _current.reset(token)

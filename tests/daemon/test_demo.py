@@ -53,8 +53,7 @@ def test_demo_config_loads_with_the_expected_settings(tmp_path: Path) -> None:
     assert cfg.smtp_address == ("127.0.0.1:2525",)
     assert cfg.submission_address == ("127.0.0.1:2587",)
     assert cfg.submission_over_tls_address == ("127.0.0.1:2465",)
-    # Not there yet: the daemon would only warn that it ignores it.
-    assert cfg.monitoring_address == ""
+    assert cfg.monitoring_address == "127.0.0.1:1099"
     assert cfg.mail_log_path == "<stdout>"
     assert Path(cfg.data_dir).is_relative_to(root)
     domains = load_domains(cdir, cfg)

@@ -168,22 +168,6 @@ def test_bad_mail_log_path(chasquid_setup: Setup) -> None:
     assert _fatal_line(log).startswith("Error opening mail log: ")
 
 
-def test_settings_of_unbuilt_features_warn_once(
-    chasquid_setup: Setup, chasquid_daemon: DaemonFactory
-) -> None:
-    s = chasquid_setup
-    s.extra_conf += ['monitoring_address: "127.0.0.1:1099"']
-    s.write_conf()
-    d = chasquid_daemon()
-    # The daemon runs: these settings are accepted, only said to do nothing.
-    with socket.create_connection(("127.0.0.1", s.smtp_port), timeout=10) as c:
-        assert c.recv(100).startswith(b"220 ")
-    errors = messages(d.log_text(), "E")
-    assert errors == [
-        'monitoring_address "127.0.0.1:1099" is ignored: this version has no monitoring server yet',
-    ]
-
-
 def test_no_warning_without_such_settings(
     chasquid_setup: Setup, chasquid_daemon: DaemonFactory
 ) -> None:

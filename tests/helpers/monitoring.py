@@ -9,7 +9,10 @@ built by the test. ``fetch`` is a plain http.client request.
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
+import re
+import smtplib
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -18,13 +21,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from chasquid.confdir.config import Config
-from chasquid.monitoring.exposition import BuildInfo
 from chasquid.monitoring.server import DEFAULT_LIMITS, Limits, MonitoringServer
-from chasquid.monitoring.sources import Flag, Sources
+from chasquid.monitoring.sources import BuildInfo, Flag, Sources
 from chasquid.msgbody import Body
 from chasquid.queue.item import QueuedRecipient, QueueItem
+from chasquid.telemetry import metrics
 from chasquid.telemetry.metrics import Counters
 from chasquid.telemetry.trace import Trace, Tracer
+from helpers.daemon import Daemon, Setup
 
 T = TypeVar("T")
 
@@ -105,27 +109,6 @@ class InProcess:
         return fetch(self.port, path, **kwargs)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
-class Spec:
-    """A counter as the catalogue declares it."""
-
-    name: str
-    label: str | None
-    help: str
-
-
-CATALOGUE = (
-    Spec("chasquid/queue/putCount", None, "count of envelopes attempted to be put in the queue"),
-    Spec(
-        "chasquid/queue/deliverAttempts",
-        "recipient_type",
-        "attempts to deliver mail, by recipient type",
-    ),
-    Spec("chasquid/smtpIn/commandCount", "command", "count of SMTP commands received, by command"),
-    Spec("chasquid/smtpIn/tlsCount", "status", "count of TLS usage in incoming connections"),
-)
-
-
 @dataclass
 class Items:
     """Queue items and their next attempts, as the delivery loop would report them."""
@@ -159,13 +142,16 @@ class Feed:
             def next_attempt(self, item_id: str) -> datetime | None:
                 return queue.next_attempt(item_id) if queue else None
 
+            def __len__(self) -> int:
+                return len(list(queue or []))
+
         def request_exit() -> None:
             self.exits += 1
 
         return Sources(
             config=Config(hostname="mx.example.org", data_dir="/var/lib/chasquid"),
             counters=self.counters,
-            catalogue=CATALOGUE,
+            catalogue=metrics.CATALOGUE,
             tracer=self.tracer,
             build=BuildInfo(
                 "1.2.3",
@@ -210,3 +196,67 @@ def conversation(tracer: Tracer, helo: str = "client.example") -> tuple[Trace, T
     attempt.finish()
     loop.debug("someone@remote.example temporary error: 451 4.7.0 try again later")
     return conn, loop, attempt
+
+
+# --- a daemon that handled real mail (tests/monitoring/conftest.py's ``served``).
+
+HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
+
+MESSAGE = b"From: user@testserver\r\nSubject: the body is secret\r\n\r\nbody text never shown\r\n"
+
+
+@dataclass
+class Served:
+    """The daemon, its monitoring port, and the queue ids of the mail it was sent."""
+
+    setup: Setup
+    daemon: Daemon
+    port: int
+    delivered: str
+    deferred: str
+    bounced: str
+    remote: str
+
+    def get(self, path: str, **kwargs: object) -> Response:
+        """A request to the daemon's monitoring server."""
+        return fetch(self.port, path, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def base(self) -> str:
+        """The monitoring server's URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def submit(setup: Setup, rcpt: str) -> str:
+    """Send MESSAGE over authenticated submission; the queue id from the 250 reply."""
+    with smtplib.SMTP_SSL(
+        "127.0.0.1", setup.submission_tls_port, context=setup.client_context(), timeout=30
+    ) as c:
+        c.login(setup.user_addr, setup.password)
+        c.mail(setup.user_addr)
+        code, _ = c.rcpt(rcpt)
+        assert code == 250, rcpt
+        code, reply = c.data(MESSAGE)
+        assert code == 250, reply
+    m = re.search(rb"Queued as (\S+)", reply)
+    assert m, reply
+    return m.group(1).decode()
+
+
+def hostile_sessions(setup: Setup) -> None:
+    """HTML in HELO, MAIL FROM and the AUTH identity, and a wrong password.
+
+    Two sessions: three errors end a session.
+    """
+    with smtplib.SMTP("127.0.0.1", setup.smtp_port, timeout=30) as c:
+        c.docmd("HELO", HOSTILE)
+        c.docmd("MAIL", f"FROM:<{HOSTILE}@example.com>")
+        c.docmd("RSET")
+    with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=30) as c:
+        c.starttls(context=setup.client_context())
+        c.ehlo("client.example")
+        token = base64.b64encode(f"\0{HOSTILE}@testserver\0wrong".encode()).decode()
+        c.docmd("AUTH", f"PLAIN {token}")
+        wrong = base64.b64encode(b"\0user@testserver\0wrong password").decode()
+        code, _ = c.docmd("AUTH", f"PLAIN {wrong}")
+        assert code == 535

@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 from helpers.browser import chromium, screenshot_dir  # noqa: F401
-from helpers.monitoring import Feed, InProcess, Items, conversation, queue_item
+from helpers.monitoring import HOSTILE, Feed, InProcess, Items, Served, conversation, queue_item
 from playwright.sync_api import Browser, Dialog, Page
 
 from chasquid.queue.item import QueuedRecipient, RecipientStatus
-
-HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
 
 
 @pytest.fixture
@@ -108,3 +106,57 @@ def test_what_clients_send_never_runs_as_script(
     assert page.evaluate("window.pwned") is None
     assert page.locator("img[src=x]").count() == 0
     assert dialogs == []
+
+
+def test_a_person_finds_what_happened_to_the_mail(
+    chromium: Browser,  # noqa: F811
+    served: Served,
+    tmp_path: Path,
+) -> None:
+    """Headless Chromium (no JavaScript) on a daemon that handled real mail."""
+    page = page_without_js(chromium)
+    shots = screenshot_dir(tmp_path)
+
+    page.goto(served.base + "/")
+    page.screenshot(path=shots / "daemon-index.png", full_page=True)
+    assert page.inner_text("h1") == "chasquid @testserver"
+    glance = page.inner_text("table")
+    assert "2 items" in glance and "2 with delivery errors" in glance
+
+    page.click("text=2 items")
+    page.screenshot(path=shots / "daemon-queue.png", full_page=True)
+    deferred = page.locator(f'section[id="{served.deferred}"]')
+    assert "mailbox busy" in deferred.inner_text()
+    assert "pending" in deferred.inner_text()
+    remote = page.locator(f'section[id="{served.remote}"]')
+    assert "someone@remote.example" in remote.inner_text()
+    assert "Could not dial: mx.remote.example" in remote.inner_text()
+
+    # From the queue item to its trace, to the connection that sent it.
+    deferred.locator("text=trace").click()
+    page.screenshot(path=shots / "daemon-item-trace.png", full_page=True)
+    assert page.title() == f"Queue.SendLoop - {served.deferred}"
+    assert "mailbox busy" in page.inner_text("table.events")
+    page.click("text=queued by SMTP.Conn")
+    page.screenshot(path=shots / "daemon-connection-trace.png", full_page=True)
+    story = page.inner_text("table.events")
+    assert "-> AUTH <redacted>" in story
+    assert f"Queued as {served.deferred}" in story
+    assert "deferred@testserver temporary error" in story
+
+    # The failed AUTH and the hostile client, among the connections with errors.
+    page.goto(served.base + "/debug/traces")
+    page.click("text=SMTP.Conn")
+    page.screenshot(path=shots / "daemon-connections.png", full_page=True)
+    text = page.inner_text("body")
+    assert "535  5.7.8 Incorrect user or password" in text
+    assert "-> HELO <script>window.pwned=1</script>" in text
+
+    page.goto(served.base + "/metrics")
+    page.screenshot(path=shots / "daemon-metrics.png", full_page=True)
+    assert 'chasquid_smtpIn_responseCodeCount{code="535"} 1.0' in page.inner_text("body")
+    page.goto(served.base + "/debug/vars")
+    page.screenshot(path=shots / "daemon-vars.png", full_page=True)
+    assert '"chasquid/queue/length": 2' in page.inner_text("body")
+    for name in ("index", "queue", "item-trace", "connection-trace", "connections", "metrics"):
+        assert (shots / f"daemon-{name}.png").stat().st_size > 1000

@@ -11,9 +11,8 @@ import pytest
 from helpers.monitoring import InProcess
 
 from chasquid.confdir.config import Config
-from chasquid.monitoring.exposition import BuildInfo
 from chasquid.monitoring.server import Limits
-from chasquid.monitoring.sources import Sources
+from chasquid.monitoring.sources import BuildInfo, Sources
 from chasquid.telemetry.metrics import Counters
 from chasquid.telemetry.trace import Tracer
 
