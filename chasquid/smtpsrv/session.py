@@ -729,8 +729,11 @@ class SMTPSession(SMTP):
                 signatures = await dkimstep.sign(section, body, keys, self.ctx.counters)
             except dkimstep.SigningFailed:
                 return Reply(451, "4.3.0 DKIM signing failed")
+            if signatures:
+                self.trace.debug(f"DKIM: signed with {len(keys)} key(s)")
         else:
             dkim_lines = await dkimstep.verify(section, body, self.ctx.counters)
+            self.trace.debug("DKIM: " + ("; ".join(dkim_lines) or "no signature"))
         # Filters downstream trust our authserv-id: a message must not bring one.
         kept = authres.remove_forged_fields(section, (self.hostname_now, self.ctx.hostname))
         if kept is not section:
