@@ -85,7 +85,7 @@ def test_hostile_replies_forge_no_log_lines_and_ban_nobody(
             ) as c:
                 c.login(setup.user_addr, setup.password)
                 c.sendmail(setup.user_addr, [VICTIM], b"Subject: hello\r\n\r\nhi\r\n")
-            daemon.wait_for_log(r"victim@hostile\.test failed \(permanent\)")
+            daemon.wait_for_log(r"victim@hostile\.test permanent error: ")
             # The one real attacker: two wrong passwords from 127.0.0.1 (smtplib
             # tries PLAIN, then LOGIN).
             with (
