@@ -18,6 +18,10 @@ from typing import Protocol
 
 #: The size of the pieces a body is read in.
 CHUNK = 256 * 1024
+#: A body up to this size is read in one go, on the event loop: reading a few
+#: pages (usually still in the page cache) costs less than a worker thread's
+#: round trip, which would cost every small message's delivery.
+INLINE = 64 * 1024
 
 
 class Readable(Protocol):
@@ -102,8 +106,19 @@ class Body:
         with self.reader() as r:
             return r.read(limit)
 
+    def stdin(self) -> bytes | BodyReader:
+        """The body as a program's stdin: its bytes if small (``INLINE``), else a reader."""
+        return self.read() if self.size <= INLINE else self.reader()
+
     async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
-        """The body in pieces of at most ``size`` bytes; file reads run in a worker thread."""
+        """The body in pieces of at most ``size`` bytes; file reads run in a worker thread.
+
+        A body up to ``INLINE`` bytes is read at once, without a thread.
+        """
+        if self.size <= INLINE:
+            if self.size:
+                yield self.read()
+            return
         reader = self.reader()
         try:
             while True:

@@ -118,6 +118,15 @@ class EncodedReader:
         self._reader.close()
 
 
+def encoded_stdin(body: Body) -> bytes | EncodedReader:
+    """The body with CRLF line endings as a program's stdin: bytes if small, else a reader."""
+    from chasquid.msgbody import INLINE
+
+    if body.size <= INLINE:
+        return to_crlf(body.read())
+    return EncodedReader(body, stuff=False)
+
+
 async def encoded_chunks(body: Body, *, stuff: bool) -> AsyncIterator[bytes]:
     """The body as a ``WireEncoder`` turns it out, in chunks (for a network writer)."""
     encoder = WireEncoder(stuff=stuff)

@@ -28,7 +28,7 @@ from chasquid.programs.process import (
     resolve_program,
     run_program,
 )
-from chasquid.smtpwire import EncodedReader
+from chasquid.smtpwire import encoded_stdin
 
 #: EX_TEMPFAIL from sysexits.h: the only exit code that means "try again later".
 EX_TEMPFAIL = 75
@@ -93,13 +93,14 @@ class MDACourier:
             argv = [program, *substitute_args(self.args, sender, rcpt)]
             result = await run_program(
                 argv,
-                stdin=EncodedReader(body, stuff=False),
+                stdin=encoded_stdin(body),
                 cwd=self.config_dir,
                 timeout=self.timeout,
             )
         except ProgramStartError as e:
             raise DeliveryError(f'MDA delivery failed: {e} - ""', permanent=True) from e
-        except ProgramInputError as e:
+        except (ProgramInputError, OSError) as e:
+            # The message could not be read (from the queue's file): try again later.
             raise DeliveryError(f"MDA delivery failed: {e}", permanent=False) from e
         if result.timed_out:
             raise DeliveryError("operation timed out", permanent=False)

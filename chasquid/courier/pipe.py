@@ -34,14 +34,15 @@ class PipeCourier:
             program = resolve_program(words[0], self.config_dir)
             result = await run_program(
                 [program, *words[1:]],
-                stdin=body.reader(),
+                stdin=body.stdin(),
                 cwd=self.config_dir,
                 timeout=self.timeout,
                 output=Output.DISCARD,
             )
         except ProgramStartError as e:
             raise DeliveryError(str(e), permanent=True) from e
-        except ProgramInputError as e:
+        except (ProgramInputError, OSError) as e:
+            # The message could not be read (from the queue's file): try again later.
             raise DeliveryError(str(e), permanent=False) from e
         if result.returncode != 0:
             # A timeout kills the process, so it reads as "signal: killed".

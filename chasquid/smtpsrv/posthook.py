@@ -87,10 +87,10 @@ async def run_post_data(
 ) -> HookOutcome:
     """Run the hook on ``message`` (streamed to its stdin) and interpret its exit and output."""
     try:
-        result = await run_hook(path, (), stdin=message.reader(), env=env, cwd=cwd, timeout=timeout)
+        result = await run_hook(path, (), stdin=message.stdin(), env=env, cwd=cwd, timeout=timeout)
     except HookMissingError:
         return HookOutcome()
-    except (HookError, ProgramInputError) as e:
+    except (HookError, ProgramInputError, OSError) as e:
         log.info("post-data hook failed to run: %s", e)
         return HookOutcome(reply_code=451, reply_text="", result="fail")
     if not result.ok:

@@ -719,7 +719,10 @@ class SMTPSession(SMTP):
         data = incoming.spool.body()
         # The header section is small and read whole; the body is only ever
         # read piece by piece (hashed for DKIM, copied into the queue).
-        section = await asyncio.to_thread(data.read, incoming.header_end)
+        if data.in_memory():
+            section = data.read(incoming.header_end)
+        else:
+            section = await asyncio.to_thread(data.read, incoming.header_end)
         body = data.slice(incoming.body_start)
         signatures = b""
         dkim_lines: list[str] = []

@@ -230,8 +230,10 @@ def test_large_body_streams_from_its_file(tmp_path: Path) -> None:
     assert (tmp_path / "p.stdin").read_bytes() == data
 
 
-def test_unreadable_body_is_a_temporary_failure(tmp_path: Path) -> None:
-    body, _ = big_body(tmp_path / "message")
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_unreadable_body_is_a_temporary_failure(tmp_path: Path, size: str) -> None:
+    # A small message is read at once, a large one streamed: both fail alike.
+    body, _ = big_body(tmp_path / "message", chunks=12 if size == "large" else 0)
     (tmp_path / "message").unlink()
     prog = python_script(tmp_path / "mda", RECORDER)
     with pytest.raises(DeliveryError) as info:
