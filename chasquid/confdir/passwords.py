@@ -152,7 +152,12 @@ def verify(entry: Entry, password: str) -> bool:
 # A check that can never succeed, at the cost of a new hash: what an identity
 # with nothing to check (unknown, receive-only) costs, so that its answer takes
 # as long as a wrong password's and tells nothing about who exists.
-_NOTHING_MATCHES = RawScrypt(NEW_LOG_N, NEW_R, NEW_P, os.urandom(SALT_BYTES), os.urandom(32))
+# Written as a users file writes a new hash, so that checking it takes exactly
+# the path (passlib's parsing, then scrypt) a real user's check takes.
+_NOTHING_MATCHES = PasswordHash(
+    f"$scrypt$ln={NEW_LOG_N},r={NEW_R},p={NEW_P}"
+    f"${b64encode_nopad(os.urandom(SALT_BYTES))}${b64encode_nopad(os.urandom(32))}"
+)
 
 
 def verify_at_full_cost(entry: Entry | None, password: str) -> bool:

@@ -23,9 +23,10 @@ from helpers.daemon import DaemonFactory, Setup
 CLIENTS = 8
 ROUNDS = 6  # per client and kind: 8 * 6 = 48 attempts of each kind
 #: The largest relative difference of medians accepted. Without the dummy check
-#: the unknown identities' median was about 45 % below the wrong password's; the
-#: whole scale grows with the machine's load, the ratio stays.
-TOLERANCE = 0.15
+#: the unknown identities' median was 45 % (an idle machine) to 77 % (a loaded
+#: one) below the wrong password's; the whole scale grows with the machine's
+#: load, the ratio stays, but a heavily shared machine adds noise.
+TOLERANCE = 0.25
 
 
 def _auth_seconds(setup: Setup, identity: str, password: str) -> float:
