@@ -1,55 +1,73 @@
-"""Process wiring of the daemon: start-up order, listeners, signals, reload and shutdown.
+"""The daemon: its services built once at start-up, reloaded in place, stopped gracefully.
 
-spec/30 §1.7-1.9 and §2.3-2.7, spec/20 §12-13, spec/README.md decisions 2 and 3.
-This is the only module that installs signal handlers.
+``Daemon.start(options, config)`` builds everything in start-up order, logging
+what it loads: the mail log, the monitoring server (early, so its pages
+answer while the rest loads), the Dovecot fallback, the certificates, the
+domains, domaininfo, the MTA-STS cache, the queue with its delivery loops,
+the listening plan, the local RPC server, the periodic reload and finally
+the listeners. Anything
+that prevents serving raises FatalError, whose message is the line to log,
+after closing whatever had been started.
+
+A running daemon reloads users, aliases and domains every ``reload_every``
+seconds; ``reload(full=True)`` (SIGHUP) also reopens the logs and reloads
+domaininfo and the certificates. A file that fails to load keeps the version
+in force and is logged with its file and line. ``stop()`` stops listening,
+lets transactions in progress finish for up to SHUTDOWN_GRACE seconds, then
+stops the queue.
+
+The daemon runs in whichever event loop calls it and never touches the
+process's directory, signal handlers or executor: the ``chasquid`` command
+(chasquid.daemon.cli) does that, and tests run the daemon in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-import signal
 import socket
-import stat
 import sys
-import warnings
-from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from chasquid import __version__
+from chasquid.confdir.aliases import UserFallback
+from chasquid.confdir.config import Config, ConfigError, load
+from chasquid.confdir.domaininfo import DomainInfoStore
+from chasquid.confdir.domains import Domains, load_domains
+from chasquid.confdir.layout import STS_CACHE_DIR_MODE, ConfigDir, DataDir, data_dir_for
+from chasquid.courier.smtp import SMTPCourier
+from chasquid.courier.sts import StsCache
 from chasquid.daemon import sdactivation
 from chasquid.daemon.listeners import Listener, ListenError, bind_tcp, plan_listeners
 from chasquid.daemon.mainlog import MainLog
+from chasquid.daemon.snapshot import Snapshot
 from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError, os_reason
 from chasquid.goquote import go_list, go_quote
-from chasquid.monitoring.sources import Flag
-from chasquid.smtpsrv.server import Mode
-from chasquid.telemetry.metrics import ALIAS_HOOK_RESULTS, Counters
+from chasquid.localrpc import server as localrpc
+from chasquid.monitoring.server import MonitoringServer, is_loopback_address
+from chasquid.monitoring.sources import BuildInfo, Flag, Sources
+from chasquid.queue import admin
+from chasquid.queue.delivery import DEFAULT_RETRY_SCHEDULE, Delivery, couriers_for, start_delivery
+from chasquid.queue.queue import Queue, QueueError
+from chasquid.queue.store import QueueStore
+from chasquid.smtpsrv.auth import Authenticator
+from chasquid.smtpsrv.certs import Certificates, load_certificates
+from chasquid.smtpsrv.dovecot import DovecotAuth, DovecotError
+from chasquid.smtpsrv.server import Mode, ReceptionContext, start_server
+from chasquid.telemetry import metrics
+from chasquid.telemetry.maillog import SPECIAL_DESTINATIONS, MailLog, MailLogError
+from chasquid.telemetry.metrics import Counters
 from chasquid.telemetry.trace import Tracer
-
-if TYPE_CHECKING:
-    from chasquid.confdir.aliases import UserFallback
-    from chasquid.confdir.config import Config
-    from chasquid.confdir.domaininfo import DomainInfoStore
-    from chasquid.confdir.domains import Domains
-    from chasquid.confdir.layout import ConfigDir, DataDir
-    from chasquid.monitoring.server import MonitoringServer
-    from chasquid.monitoring.sources import Sources
-    from chasquid.queue.delivery import Delivery
-    from chasquid.queue.queue import Queue
-    from chasquid.smtpsrv.certs import Certificates
-    from chasquid.smtpsrv.dovecot import DovecotAuth
-    from chasquid.smtpsrv.server import ReceptionContext
-    from chasquid.telemetry.maillog import MailLog
+from chasquid.version import source_date
 
 log = logging.getLogger("chasquid.daemon")
 
-#: How long SIGTERM waits for transactions in progress (decision 3).
+#: How long stopping waits for transactions in progress before closing them.
 SHUTDOWN_GRACE = 30.0
 
 
@@ -61,70 +79,28 @@ class FatalError(ChasquidError):
 class DaemonOptions:
     """What the command line gives the daemon besides logging."""
 
+    #: Where chasquid.conf and everything relative in it are; "." once the
+    #: command has changed into it.
     config_dir: str = "/etc/chasquid"
     config_overrides: str = ""
     reload_every: float = 30.0
     max_received_headers: int = 50
-    #: Retry delays of the delivery loop (``--testing__retry_schedule``); () = spec/20 §4.7.
+    #: Retry delays of the delivery loop (``--testing__retry_schedule``); () = the default.
     retry_schedule: tuple[float, ...] = ()
     #: Every flag with its value, for the monitoring server's /debug/flags.
     flags: tuple[Flag, ...] = ()
 
 
-#: Worker threads of the default executor (programs, fsyncs, scrypt, SPF).
-PROGRAM_THREADS = 64
-
-
-def _use_pidfd_child_watcher() -> None:
-    """Wait for MDA, pipe and hook processes with pidfds, as Python 3.12+ does by default.
-
-    Python 3.11's default watcher starts a thread per child process; with one MDA
-    process per local recipient that cost about a third of the CPU of each spawn.
-    """
-    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
-        return
+def load_config(options: DaemonOptions) -> Config:
+    """chasquid.conf with the command line's overrides; FatalError naming file, line and key."""
     try:
-        os.close(os.pidfd_open(os.getpid()))
-    except OSError:  # kernels before 5.3, or seccomp filters
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
-
-
-def raise_fd_limit() -> None:
-    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor.
-
-    The usual soft limit of 1024 would refuse a burst of a thousand
-    connections (plus queue files, hooks and listeners).
-    """
-    import resource
-
-    try:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if hard == resource.RLIM_INFINITY or hard > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (OSError, ValueError) as e:
-        log.info("Could not raise the open files limit: %s", e)
-
-
-def run(options: DaemonOptions, mainlog: MainLog) -> int:
-    """Run the daemon until SIGTERM/SIGINT; the process exit status (0, or 1 when fatal)."""
-    _use_pidfd_child_watcher()
-    raise_fd_limit()
-    try:
-        return asyncio.run(Daemon(options, mainlog).main())
-    except ChasquidError as e:
-        # FatalError carries the spec's line; any other library error that
-        # reaches here still ends the daemon with one fatal line, not a traceback.
-        log.critical("%s", e)
-        return 1
-    finally:
-        logging.shutdown()
+        return load(options.config_dir, options.config_overrides)
+    except ConfigError as e:
+        raise FatalError(f"Error loading config: {e}") from None
 
 
 def log_config(config: Config) -> None:
-    """The ``Configuration:`` block of spec/30 §1.8."""
+    """The ``Configuration:`` block of the start-up log, in chasquid's format."""
     lines = [
         "Configuration:",
         f"  Hostname: {go_quote(config.hostname)}",
@@ -154,181 +130,134 @@ def _go_bool(value: bool) -> str:
 
 
 def _domain_error_line(message: str) -> str:
-    """Per-domain load errors are indented under ``Loading domains:`` (spec/30 §1.9)."""
+    """Per-domain load errors are indented under ``Loading domains:``."""
     for kind in ("users file error", "aliases file error", "DKIM loading error"):
         if f": {kind}: " in message:
             return "  " + message
     return message
 
 
-def load_certificates_logged(certs_dir: Path) -> Certificates | None:
-    """Load every pair under certs/, logging as spec/30 §1.7 says; None if none was found.
-
-    Raises CertError (a ChasquidError) with the fatal line for an unreadable
-    or empty directory, or a pair that fails to load.
-    """
-    from chasquid.smtpsrv.certs import CertError, Certificates, load_certificate
-
-    try:
-        entries = sorted(os.listdir(certs_dir))
-    except OSError as e:
-        raise CertError(
-            f'Error reading "certs/" directory: open {certs_dir}/: {os_reason(e)}'
-        ) from None
-    if not entries:
-        raise CertError('No entries found in "certs/"')
-    loaded = []
-    for name in entries:
-        path = certs_dir / name
-        try:
-            if stat.S_ISREG(os.lstat(path).st_mode):
-                continue
-        except OSError:
-            continue
-        log.info("  %s", name)
-        fullchain, privkey = path / "fullchain.pem", path / "privkey.pem"
-        missing = None
-        for f in (fullchain, privkey):
-            try:
-                os.stat(f)
-            except OSError as e:
-                missing = f"stat {f}: {os_reason(e)}"
-                break
-        if missing is not None:
-            log.info("    skipping: %s", missing)
-            continue
-        try:
-            loaded.append(load_certificate(name, fullchain, privkey))
-        except CertError as e:
-            raise CertError(f"    {e}") from None
-    return Certificates(tuple(loaded)) if loaded else None
+def user_fallback(dovecot: DovecotAuth | None) -> UserFallback | None:
+    """Who says whether a user the domains' databases do not know exists (Dovecot)."""
+    return dovecot.exists if dovecot is not None else None
 
 
-class Daemon:
-    """One running daemon: the loaded state and the tasks serving it."""
+def hook_result_counter(counters: Counters) -> Callable[[str], None]:
+    """What the alias resolver is given to count the alias-resolve hook's outcomes."""
 
-    def __init__(self, options: DaemonOptions, mainlog: MainLog) -> None:
+    def count(outcome: str) -> None:
+        counters.inc(metrics.ALIAS_HOOK_RESULTS, f"resolve:{outcome}")
+
+    return count
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the daemon built at start-up. None of it is replaced while running:
+    a reload swaps what the snapshots hold."""
+
+    config: Config
+    config_dir: ConfigDir
+    data_dir: DataDir
+    counters: Counters
+    #: Traces of connections, queue items and deliveries, for the monitoring pages.
+    tracer: Tracer
+    maillog: MailLog
+    #: With dovecot_auth: who AUTH and RCPT ask about users the domains do not know.
+    dovecot: DovecotAuth | None
+    certificates: Snapshot[Certificates]
+    domains: Snapshot[Domains]
+    domaininfo: DomainInfoStore
+    queue: Queue
+    delivery: Delivery
+    reception: ReceptionContext
+
+
+class _Builder:
+    """The start-up steps; each registers how to undo itself on the exit stack."""
+
+    def __init__(
+        self,
+        options: DaemonOptions,
+        config: Config,
+        counters: Counters,
+        stack: Stack,
+        exit_requested: asyncio.Event,
+    ) -> None:
         self.options = options
-        self.mainlog = mainlog
-        self.config: Config | None = None
-        self.config_dir: ConfigDir | None = None
-        self.data_dir: DataDir | None = None
-        self.maillog: MailLog | None = None
-        self.certificates: Certificates | None = None
-        self.dovecot: DovecotAuth | None = None
-        self.ctx: ReceptionContext | None = None
-        self.domains: Domains | None = None
-        self.domaininfo: DomainInfoStore | None = None
-        self.queue: Queue | None = None
-        self.delivery: Delivery | None = None
-        self.localrpc: asyncio.Server | None = None
-        self.servers: list[asyncio.Server] = []
-        self._stop = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
-        # One registry for every counter of spec/20 §10 and spec/10 §16, so the
-        # monitoring server can expose them all from one place.
-        self.counters = Counters()
-        # Traces of connections, queue items and deliveries, for the monitoring pages.
-        self.tracer = Tracer()
-        # Every AUTH attempt of the daemon's life, in one trace that never ends.
-        self.auth_trace = self.tracer.new("Authentication", "Incoming SMTP")
-        self.monitoring: MonitoringServer | None = None
-
-    # --- accessors the sessions read; swapping the attribute is the atomic reload.
-
-    def current_domains(self) -> Domains:
-        """The Domains snapshot in force."""
-        assert self.domains is not None
-        return self.domains
-
-    def current_certificates(self) -> Certificates:
-        """The certificates in force."""
-        assert self.certificates is not None
-        return self.certificates
-
-    # --- start-up, spec/30 §2.3.
-
-    async def main(self) -> int:
-        """Start up in the specified order, serve until asked to stop, shut down gracefully."""
-        log.info("chasquid starting (version %s)", __version__)
-        # MDAs, pipes and hooks each hold a worker thread while they run
-        # (chasquid.programs.process); with Python's default of cpu+4 workers a few slow
-        # programs would delay the queue's fsyncs and scrypt checks behind them.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(max_workers=PROGRAM_THREADS, thread_name_prefix="chasquid-worker")
-        )
-        config = self._load_config()
         self.config = config
-        log_config(config)
+        self.counters = counters
+        self.stack = stack
+        self.exit_requested = exit_requested
+        self.tracer = Tracer()
+        #: The queue's delivery, once loaded (the monitoring queue page waits for it).
+        self.delivery: Delivery | None = None
+        self.dovecot: DovecotAuth | None = None
+        self.config_dir = ConfigDir(Path(options.config_dir))
+        self.data_dir = data_dir_for(config, options.config_dir)
 
-        try:
-            os.chdir(self.options.config_dir)
-        except OSError as e:
-            raise FatalError(
-                f"Error changing to config dir {go_quote(self.options.config_dir)}: "
-                f"chdir {self.options.config_dir}: {os_reason(e)}"
-            ) from None
-
-        from chasquid.confdir.layout import ConfigDir, data_dir_for
-
-        # From here on every relative path is relative to the config dir.
-        self.config_dir = ConfigDir(Path("."))
-        self.data_dir = data_dir_for(config, ".")
-        self.maillog = self._open_maillog(config)
-        if config.monitoring_address:
-            # Early, so the pages already answer while domains and the queue load.
-            await self._start_monitoring(config.monitoring_address)
-        self.dovecot = await self._start_dovecot(config)
-
-        self.certificates = self._load_certificates()
-        self.domains = self._load_domains()
-        self.domaininfo = self._open_domaininfo()
-        self._init_sts_cache()
-        self.queue = await self._load_queue()
-
-        inherited = self._inherited_sockets()
-        addresses = {m: getattr(config, m.config_key) for m in Mode}
-        try:
-            planned = plan_listeners(addresses, inherited)
-        except ListenError as e:
-            raise FatalError(str(e)) from None
-
-        self._install_signal_handlers()
-
-        if not self.certificates_loaded():
+    async def build(self) -> tuple[Services, list[Listener]]:
+        maillog = self.open_maillog()
+        if self.config.monitoring_address:
+            await self.start_monitoring(self.config.monitoring_address)
+        self.dovecot = await self.start_dovecot()
+        log.info("Loading certificates:")
+        certificates = self.load_certificates()
+        domains = Snapshot(self.load_domains())
+        domaininfo = self.open_domaininfo()
+        sts = self.open_sts_cache()
+        queue, delivery = await self.load_queue(maillog, domains, domaininfo, sts)
+        planned = self.plan_listeners()
+        if certificates is None:
             log.error("No SSL/TLS certificates found")
             log.error("Ideally there should be a certificate for each MX you act as")
             raise FatalError("At least one valid certificate is needed")
+        certs = Snapshot(certificates)
+        reception = ReceptionContext(
+            config=self.config,
+            config_dir=self.config_dir,
+            certs=certs.current,
+            domains=domains.current,
+            domaininfo=domaininfo,
+            queue=queue,
+            maillog=maillog,
+            counters=self.counters,
+            authenticator=Authenticator(fallback=self.dovecot),
+            max_received_headers=self.options.max_received_headers,
+            tracer=self.tracer,
+            # Every AUTH attempt of the daemon's life, in one trace that never ends.
+            auth_trace=self.tracer.new("Authentication", "Incoming SMTP"),
+        )
+        services = Services(
+            config=self.config,
+            config_dir=self.config_dir,
+            data_dir=self.data_dir,
+            counters=self.counters,
+            tracer=self.tracer,
+            maillog=maillog,
+            dovecot=self.dovecot,
+            certificates=certs,
+            domains=domains,
+            domaininfo=domaininfo,
+            queue=queue,
+            delivery=delivery,
+            reception=reception,
+        )
+        return services, planned
 
-        await self._start_localrpc()
-        self._spawn(self._periodic_reload())
-        await self._start_listeners(planned)
-
-        await self._stop.wait()
-        await self._shutdown()
-        return 0
-
-    def _load_config(self) -> Config:
-        from chasquid.confdir.config import ConfigError, load
-
+    def open_maillog(self) -> MailLog:
+        dest = self.config.mail_log_path
+        if dest not in SPECIAL_DESTINATIONS:
+            dest = str(self.config_dir.root / dest)
         try:
-            return load(self.options.config_dir, self.options.config_overrides)
-        except ConfigError as e:
-            raise FatalError(f"Error loading config: {e}") from None
-
-    def _open_maillog(self, config: Config) -> MailLog:
-        from chasquid.telemetry.maillog import MailLog, MailLogError
-
-        try:
-            return MailLog.open(config.mail_log_path)
+            maillog = MailLog.open(dest)
         except (MailLogError, OSError) as e:
             raise FatalError(f"Error opening mail log: {e}") from None
+        self.stack.callback(maillog.close)
+        return maillog
 
-    async def _start_monitoring(self, address: str) -> None:
+    async def start_monitoring(self, address: str) -> None:
         """The monitoring HTTP server (docs/monitoring.md); not listening is fatal."""
-        from chasquid.monitoring.server import MonitoringServer, is_loopback_address
-
         if not is_loopback_address(address):
             log.warning(
                 "Monitoring address %s is not a loopback address: whoever can reach it can "
@@ -339,41 +268,34 @@ class Daemon:
             sock = bind_tcp(address)
         except ListenError as e:
             raise FatalError(f"Monitoring server failed: {e}") from None
-        server = MonitoringServer(self._monitoring_sources())
+        self.stack.callback(sock.close)
+        server = MonitoringServer(
+            Sources(
+                config=self.config,
+                counters=self.counters,
+                catalogue=metrics.CATALOGUE,
+                tracer=self.tracer,
+                build=BuildInfo(__version__, source_date(), tuple(sys.argv)),
+                flags=self.options.flags,
+                # The queue page answers once the queue is loaded.
+                queue=lambda: self.delivery,
+                request_exit=self.exit_requested.set,
+                os_hostname=socket.gethostname(),
+            )
+        )
         await server.start(sock)
-        self.monitoring = server
+        self.stack.push_async_callback(server.close)
         log.info("Monitoring HTTP server listening on %s", address)
 
-    def _monitoring_sources(self) -> Sources:
-        from chasquid.monitoring.sources import BuildInfo, Sources
-        from chasquid.telemetry import metrics
-        from chasquid.version import source_date
-
-        assert self.config is not None
-        return Sources(
-            config=self.config,
-            counters=self.counters,
-            catalogue=metrics.CATALOGUE,
-            tracer=self.tracer,
-            build=BuildInfo(__version__, source_date(), tuple(sys.argv)),
-            flags=self.options.flags,
-            # The queue page answers once the queue is loaded (spec/30 §7.1).
-            queue=lambda: self.delivery if self.queue is not None else None,
-            request_exit=self.request_exit,
-            os_hostname=socket.gethostname(),
-        )
-
-    async def _start_dovecot(self, config: Config) -> DovecotAuth | None:
+    async def start_dovecot(self) -> DovecotAuth | None:
         """With dovecot_auth, the Dovecot fallback, probed once: a failure is only a warning.
 
         Dovecot may come up after us; until it answers, AUTH and RCPT for the
         users only it knows get temporary errors.
         """
-        if not config.dovecot_auth:
+        if not self.config.dovecot_auth:
             return None
-        from chasquid.smtpsrv.dovecot import DovecotAuth, DovecotError
-
-        dovecot = DovecotAuth(config.dovecot_userdb_path, config.dovecot_client_path)
+        dovecot = DovecotAuth(self.config.dovecot_userdb_path, self.config.dovecot_client_path)
         log.info("Fallback authenticator: %s", dovecot)
         try:
             await dovecot.probe()
@@ -381,29 +303,20 @@ class Daemon:
             log.error("Warning: Dovecot auth is not responding: %s", e)
         return dovecot
 
-    def _load_certificates(self) -> Certificates | None:
-        assert self.config_dir is not None
-        log.info("Loading certificates:")
+    def load_certificates(self) -> Certificates | None:
         try:
-            return load_certificates_logged(self.config_dir.certs)
+            return load_certificates(self.config_dir.certs)
         except ChasquidError as e:
             raise FatalError(str(e)) from None
 
-    def certificates_loaded(self) -> bool:
-        """Whether at least one certificate pair is in force."""
-        return self.certificates is not None
-
-    def _load_domains(self) -> Domains:
-        from chasquid.confdir.domains import load_domains
-
-        assert self.config_dir is not None and self.config is not None
+    def load_domains(self) -> Domains:
         log.info("Loading domains:")
         try:
             domains = load_domains(
                 self.config_dir.root,
                 self.config,
-                user_fallback=self._user_fallback(),
-                on_hook_result=self._count_hook_result,
+                user_fallback=user_fallback(self.dovecot),
+                on_hook_result=hook_result_counter(self.counters),
             )
         except ChasquidError as e:
             raise FatalError(_domain_error_line(str(e))) from None
@@ -411,26 +324,13 @@ class Daemon:
             log.info("%s", line)
         return domains
 
-    def _user_fallback(self) -> UserFallback | None:
-        """Who says whether a user the domains' databases do not know exists (Dovecot)."""
-        return self.dovecot.exists if self.dovecot is not None else None
-
-    def _count_hook_result(self, outcome: str) -> None:
-        self.counters.inc(ALIAS_HOOK_RESULTS, f"resolve:{outcome}")
-
-    def _open_domaininfo(self) -> DomainInfoStore:
-        from chasquid.confdir.domaininfo import DomainInfoStore
-
-        assert self.data_dir is not None
+    def open_domaininfo(self) -> DomainInfoStore:
         try:
             return DomainInfoStore(self.data_dir.domaininfo)
         except ChasquidError as e:
             raise FatalError(f"Error opening domain info database: {e}") from None
 
-    def _init_sts_cache(self) -> None:
-        from chasquid.confdir.layout import STS_CACHE_DIR_MODE
-
-        assert self.data_dir is not None
+    def open_sts_cache(self) -> StsCache:
         path = self.data_dir.sts_cache
         try:
             os.makedirs(path, mode=STS_CACHE_DIR_MODE, exist_ok=True)
@@ -438,98 +338,139 @@ class Daemon:
             raise FatalError(
                 f"Failed to initialize STS cache: mkdir {path}: {os_reason(e)}"
             ) from None
+        sts = StsCache(path, counters=self.counters)
+        self.stack.spawn(sts.refresh_loop())
+        return sts
 
-    async def _load_queue(self) -> Queue:
-        from chasquid.queue.queue import Queue, QueueError
-        from chasquid.queue.store import QueueStore
-
-        assert self.data_dir is not None and self.config is not None
+    async def load_queue(
+        self,
+        maillog: MailLog,
+        domains: Snapshot[Domains],
+        domaininfo: DomainInfoStore,
+        sts: StsCache,
+    ) -> tuple[Queue, Delivery]:
         config = self.config
         queue = Queue(
             QueueStore(self.data_dir.queue),
-            lambda: self.current_domains().resolver,
+            lambda: domains.current().resolver,
             max_items=config.max_queue_items,
             give_up=config.give_up_send_after,
             counters=self.counters,
             tracer=self.tracer,
         )
-        self.delivery = self._start_delivery(queue)
+        self.stack.push_async_callback(queue.stop)
+        remote = SMTPCourier(config.hostname, domaininfo, sts=sts, counters=self.counters)
+        # The delivery loops start before the queue loads, so every item loaded
+        # gets its loop.
+        delivery = start_delivery(
+            queue,
+            couriers_for(config, self.config_dir.root, remote=remote),
+            maillog,
+            lambda: domains.current().is_local,
+            retry_schedule=self.options.retry_schedule or DEFAULT_RETRY_SCHEDULE,
+            counters=self.counters,
+        )
+        self.stack.push_async_callback(delivery.stop)
         try:
             await queue.load()
         except QueueError as e:
             raise FatalError(f"Error loading queue: {e}") from None
-        return queue
+        self.delivery = delivery
+        return queue, delivery
 
-    def _start_delivery(self, queue: Queue) -> Delivery:
-        """Delivery loops for every item (queue/delivery.py), remote mail over SMTP."""
-        from chasquid.courier.smtp import SMTPCourier
-        from chasquid.courier.sts import StsCache
-        from chasquid.queue.delivery import DEFAULT_RETRY_SCHEDULE, couriers_for, start_delivery
-
-        assert self.config is not None and self.maillog is not None
-        assert self.data_dir is not None and self.domaininfo is not None
-        sts = StsCache(self.data_dir.sts_cache, counters=self.counters)
-        self._spawn(sts.refresh_loop())
-        remote = SMTPCourier(self.config.hostname, self.domaininfo, sts=sts, counters=self.counters)
-        return start_delivery(
-            queue,
-            couriers_for(self.config, Path.cwd(), remote=remote),
-            self.maillog,
-            lambda: self.current_domains().is_local,
-            retry_schedule=self.options.retry_schedule or DEFAULT_RETRY_SCHEDULE,
-            counters=self.counters,
-        )
-
-    async def _start_localrpc(self) -> None:
-        """The local RPC server for chasquid-util (spec/30 §2.5); failure is only logged."""
-        from chasquid.localrpc import server as localrpc
-        from chasquid.queue import admin
-
-        assert self.data_dir is not None and self.domaininfo is not None
-        assert self.delivery is not None
-        handlers = localrpc.standard_handlers(
-            lambda: self.current_domains().resolver, self.domaininfo
-        )
-        handlers.update(admin.handlers(self.delivery))
+    def plan_listeners(self) -> list[Listener]:
         try:
-            self.localrpc = await localrpc.start_server(self.data_dir.localrpc_socket, handlers)
-        except ChasquidError as e:
-            log.error("Local RPC server not started: %s", e)
-
-    def _inherited_sockets(self) -> dict[str, list[socket.socket]]:
-        try:
-            return sdactivation.listen_fds_with_names()
+            inherited = sdactivation.listen_fds_with_names()
         except sdactivation.SDActivationError as e:
             raise FatalError(f"Error getting systemd listeners: {e}") from None
+        addresses = {m: getattr(self.config, m.config_key) for m in Mode}
+        try:
+            return plan_listeners(addresses, inherited)
+        except ListenError as e:
+            raise FatalError(str(e)) from None
 
-    def _reception_context(self) -> ReceptionContext:
-        from chasquid.smtpsrv.auth import Authenticator
-        from chasquid.smtpsrv.server import ReceptionContext
 
-        assert self.config is not None and self.config_dir is not None
-        assert self.certificates is not None and self.domaininfo is not None
-        assert self.queue is not None and self.maillog is not None
-        self.ctx = ReceptionContext(
-            config=self.config,
-            config_dir=self.config_dir,
-            certs=self.current_certificates,
-            domains=self.current_domains,
-            domaininfo=self.domaininfo,
-            queue=self.queue,
-            maillog=self.maillog,
-            counters=self.counters,
-            authenticator=Authenticator(fallback=self.dovecot),
-            max_received_headers=self.options.max_received_headers,
-            tracer=self.tracer,
-            auth_trace=self.auth_trace,
-        )
-        return self.ctx
+class Stack(contextlib.AsyncExitStack):
+    """What the daemon started, undone in reverse order; background tasks are cancelled."""
 
-    async def _start_listeners(self, planned: list[Listener]) -> None:
-        from chasquid.smtpsrv.server import start_server
+    def spawn(self, coro: Coroutine[object, object, None]) -> asyncio.Task[None]:
+        """Run coro as a task that closing the stack cancels (and waits for)."""
+        task = asyncio.ensure_future(coro)
 
-        assert self.maillog is not None
-        ctx = self._reception_context()
+        async def cancel() -> None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+        self.push_async_callback(cancel)
+        return task
+
+
+class Daemon:
+    """One running daemon: its services and what serves them. Built by ``start()``."""
+
+    def __init__(
+        self,
+        options: DaemonOptions,
+        services: Services,
+        stack: Stack,
+        mainlog: MainLog | None,
+        exit_requested: asyncio.Event,
+    ) -> None:
+        self.options = options
+        self.services = services
+        #: Set when someone asked the daemon to exit (POST /exit); stop() does it.
+        self.exit_requested = exit_requested
+        self._stack = stack
+        self._mainlog = mainlog
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._stopping: asyncio.Task[None] | None = None
+        #: What is being served, in start order (each with its socket).
+        self.listeners: list[Listener] = []
+
+    @classmethod
+    async def start(
+        cls,
+        options: DaemonOptions,
+        config: Config,
+        *,
+        mainlog: MainLog | None = None,
+        counters: Counters | None = None,
+        exit_requested: asyncio.Event | None = None,
+    ) -> Daemon:
+        """Build and start everything; FatalError (already cleaned up) when it cannot serve.
+
+        mainlog is reopened on a full reload; tests may leave it out. The
+        monitoring server's POST /exit sets exit_requested (the command waits
+        on it beside its signals).
+        """
+        stack = Stack()
+        exit_requested = exit_requested or asyncio.Event()
+        try:
+            builder = _Builder(options, config, counters or Counters(), stack, exit_requested)
+            services, planned = await builder.build()
+            daemon = cls(options, services, stack, mainlog, exit_requested)
+            await daemon._start_localrpc()
+            stack.spawn(daemon._periodic_reload())
+            await daemon._listen(planned)
+        except BaseException:
+            await stack.aclose()
+            raise
+        return daemon
+
+    async def _start_localrpc(self) -> None:
+        """The local RPC server for chasquid-util; failing to start it is only logged."""
+        s = self.services
+        handlers = localrpc.standard_handlers(lambda: s.domains.current().resolver, s.domaininfo)
+        handlers.update(admin.handlers(s.delivery))
+        try:
+            server = await localrpc.start_server(s.data_dir.localrpc_socket, handlers)
+        except ChasquidError as e:
+            log.error("Local RPC server not started: %s", e)
+            return
+        self._stack.callback(server.close)
+
+    async def _listen(self, planned: list[Listener]) -> None:
         # Bind every configured address first, so a busy port is fatal before
         # any session is served.
         bound: list[Listener] = []
@@ -540,54 +481,44 @@ class Daemon:
                 sock = bind_tcp(lst.address)
             except ListenError as e:
                 raise FatalError(f"Error listening: {e}") from None
+            self._stack.callback(sock.close)
             bound.append(Listener(lst.mode, lst.address, sock, via_systemd=False))
+        reception = self.services.reception
+        servers: list[asyncio.Server] = []
+
+        async def stop_serving() -> None:
+            # Stop accepting, then let transactions in progress finish.
+            for server in servers:
+                server.close()
+            await reception.sessions.drain(SHUTDOWN_GRACE)
+
+        self._stack.push_async_callback(stop_serving)
         for lst in bound + [p for p in planned if p.via_systemd]:
-            assert lst.sock is not None
-            server = await start_server(lst.sock, lst.mode, ctx)
-            self.servers.append(server)
-            if lst.via_systemd:
-                log.info("Server listening on %s (%s, via systemd)", lst.address, lst.mode.display)
-            else:
-                log.info("Server listening on %s (%s)", lst.address, lst.mode.display)
-            self.maillog.listening(lst.address)
+            assert lst.sock is not None  # bound above, or inherited
+            servers.append(await start_server(lst.sock, lst.mode, reception))
+            self.listeners.append(lst)
+            how = ", via systemd" if lst.via_systemd else ""
+            log.info("Server listening on %s (%s%s)", lst.address, lst.mode.display, how)
+            self.services.maillog.listening(lst.address)
 
-    # --- signals, reload, shutdown.
-
-    def _install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        loop.add_signal_handler(signal.SIGTERM, self._on_exit_signal, "terminated")
-        loop.add_signal_handler(signal.SIGINT, self._on_exit_signal, "interrupt")
-
-    def _on_sighup(self) -> None:
-        log.info("Received SIGHUP, reloading")
-        self._spawn(self.reload(full=True))
-
-    def request_exit(self) -> None:
-        """Shut down gracefully, as SIGTERM does (the monitoring server's POST /exit)."""
-        self._stop.set()
-
-    def _on_exit_signal(self, name: str) -> None:
-        if self._stop.is_set():
-            return
-        log.info("Got signal to exit: %s", name)
-        self._stop.set()
-
-    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    # --- reload.
 
     async def _periodic_reload(self) -> None:
         while True:
             await asyncio.sleep(self.options.reload_every)
             await self.reload(full=False)
 
-    async def reload(self, full: bool) -> None:
-        """Reload users and aliases; with ``full`` (SIGHUP) also logs, domaininfo and certificates.
+    def reload_in_background(self, full: bool) -> None:
+        """Start a reload without waiting for it (from a signal handler)."""
+        task = asyncio.ensure_future(self.reload(full))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
 
-        Decision 2: a failure keeps what is in force and is logged with its
-        file and line; the server keeps running.
+    async def reload(self, full: bool) -> None:
+        """Reload users, aliases and domains; with ``full``, also logs, domaininfo and certificates.
+
+        A failure keeps what is in force and is logged with its file and
+        line; the server keeps running.
         """
         async with self._reload_lock:
             try:
@@ -602,79 +533,63 @@ class Daemon:
                 log.exception("Unexpected error while reloading, keeping what is in force")
 
     def _reopen_logs(self) -> None:
-        try:
-            self.mainlog.reopen()
-        except ChasquidError as e:
-            log.error("Error reopening log: %s", e)
-        if self.maillog is not None:
+        if self._mainlog is not None:
             try:
-                self.maillog.reopen()
+                self._mainlog.reopen()
             except ChasquidError as e:
-                log.error("Error reopening maillog: %s", e)
+                log.error("Error reopening log: %s", e)
+        try:
+            self.services.maillog.reopen()
+        except ChasquidError as e:
+            log.error("Error reopening maillog: %s", e)
 
     def _reload_domaininfo(self) -> None:
-        if self.domaininfo is None:
-            return
         # On the loop: a reload in a thread could swap in a table that misses a
         # record a session created meanwhile, which the next check would then
         # rewrite at a lower level. The files are few and small.
         try:
-            self.domaininfo.reload()
+            self.services.domaininfo.reload()
         except ChasquidError as e:
             log.error("Error reloading domain info: %s", e)
 
     async def _reload_certificates(self) -> None:
-        assert self.config_dir is not None
         try:
-            certs = await asyncio.to_thread(load_certificates_logged, self.config_dir.certs)
+            certs = await asyncio.to_thread(load_certificates, self.services.config_dir.certs)
         except ChasquidError as e:
             log.error("Error reloading certificates, keeping the previous ones: %s", e)
             return
         if certs is None:
             log.error("Error reloading certificates: none found, keeping the previous ones")
             return
-        # Every TLS handshake (implicit or STARTTLS) asks current_certificates().
-        self.certificates = certs
+        # Every TLS handshake (implicit or STARTTLS) asks for the current ones.
+        self.services.certificates.swap(certs)
 
     async def _reload_domains(self) -> None:
-        from chasquid.confdir.domains import load_domains
-
-        assert self.config_dir is not None and self.config is not None
+        s = self.services
         try:
             domains = await asyncio.to_thread(
                 load_domains,
-                self.config_dir.root,
-                self.config,
-                user_fallback=self._user_fallback(),
-                on_hook_result=self._count_hook_result,
+                s.config_dir.root,
+                s.config,
+                user_fallback=user_fallback(s.dovecot),
+                on_hook_result=hook_result_counter(s.counters),
             )
         except ChasquidError as e:
             log.error("Error reloading domains, keeping the previous ones: %s", e)
             return
-        self.domains = domains
+        s.domains.swap(domains)
 
-    async def _shutdown(self) -> None:
-        """Decision 3: stop listening, let transactions finish (bounded), stop the queue."""
-        for server in self.servers:
-            server.close()
-        await drain_sessions(self.ctx, SHUTDOWN_GRACE)
-        for task in list(self._tasks):
+    # --- stop.
+
+    async def stop(self) -> None:
+        """Stop listening, let transactions finish (bounded), stop the queue; once."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        for task in list(self._reloads):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.localrpc is not None:
-            self.localrpc.close()
-        if self.delivery is not None:
-            await self.delivery.stop()
-        if self.queue is not None:
-            await self.queue.stop()
-        if self.maillog is not None:
-            self.maillog.close()
-        if self.monitoring is not None:
-            await self.monitoring.close()
+        await asyncio.gather(*self._reloads, return_exceptions=True)
+        await self._stack.aclose()
         log.info("chasquid exiting")
-
-
-async def drain_sessions(ctx: ReceptionContext | None, grace: float) -> None:
-    """Close idle sessions now; let those in a transaction finish it, for up to ``grace`` s."""
-    if ctx is not None:
-        await ctx.sessions.drain(grace)

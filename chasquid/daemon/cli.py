@@ -1,25 +1,44 @@
-"""The ``chasquid`` command: Go-style flags (spec/30 §2.1), then the daemon."""
+"""The ``chasquid`` command: Go-style flags, then the daemon as this process.
+
+The process-wide steps are here and nowhere else: the open-files limit, the
+loop's executor, changing into the config dir and the signal handlers
+(SIGHUP reloads, SIGTERM and SIGINT stop gracefully). chasquid.daemon.app
+builds and runs the daemon itself, in whatever loop it is given.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import os
 import re
+import resource
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from chasquid.durations import DurationError, parse_duration
+from chasquid.durations import DurationError, format_duration, parse_duration
+from chasquid.errors import ChasquidError, os_reason
+from chasquid.goquote import go_quote
 from chasquid.version import version_option
+
+if TYPE_CHECKING:
+    from chasquid.daemon.app import DaemonOptions
+    from chasquid.daemon.mainlog import MainLog
+    from chasquid.monitoring.sources import Flag
+
+log = logging.getLogger("chasquid.daemon")
 
 #: Boolean flags, which Go lets one write ``-name``, ``-name=true`` or ``-name=false``.
 BOOL_FLAGS = ("version", "logtime", "alsologtostderr")
 
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-if TYPE_CHECKING:
-    from chasquid.monitoring.sources import Flag
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ASSIGNMENT = re.compile(r"^(--?)([A-Za-z0-9_-]+)=(.*)$", re.DOTALL)
@@ -174,7 +193,7 @@ def command(
     testing__retry_schedule: str,
 ) -> None:
     """Run the daemon (the docstring is not shown: click uses the help= text)."""
-    from chasquid.daemon import app as daemon
+    from chasquid.daemon.app import DaemonOptions
     from chasquid.daemon.mainlog import LogOptions, MainLog, MainLogError
 
     log_options = LogOptions(
@@ -189,7 +208,7 @@ def command(
     except MainLogError as e:
         click.echo(f"Error opening log: {e}", err=True)
         sys.exit(1)
-    options = daemon.DaemonOptions(
+    options = DaemonOptions(
         config_dir=config_dir,
         config_overrides=config_overrides,
         reload_every=testing__reload_every,
@@ -197,12 +216,98 @@ def command(
         retry_schedule=_retry_schedule(testing__retry_schedule),
         flags=given_flags(click.get_current_context()),
     )
-    sys.exit(daemon.run(options, mainlog))
+    sys.exit(run(options, mainlog))
+
+
+#: Worker threads of the loop's default executor: the queue's fsyncs, scrypt
+#: checks and SPF look-ups, and programs that cannot be started from the loop.
+WORKER_THREADS = 64
+
+
+def run(options: DaemonOptions, mainlog: MainLog) -> int:
+    """Run the daemon as this process until SIGTERM/SIGINT; the exit status (0, or 1 when fatal)."""
+    raise_fd_limit()
+    try:
+        return asyncio.run(_serve(options, mainlog))
+    except ChasquidError as e:
+        # FatalError carries the line to log; any other library error that
+        # reaches here still ends the daemon with one fatal line, not a traceback.
+        log.critical("%s", e)
+        return 1
+    finally:
+        logging.shutdown()
+
+
+async def _serve(options: DaemonOptions, mainlog: MainLog) -> int:
+    from chasquid import __version__
+    from chasquid.daemon.app import Daemon, load_config, log_config
+
+    log.info("chasquid starting (version %s)", __version__)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="chasquid-worker")
+    )
+    config = load_config(options)
+    log_config(config)
+    enter_config_dir(options.config_dir)
+    # From here on every relative path is relative to the config dir, as in
+    # chasquid; programs run in it, which lets them start from the loop.
+    options = dataclasses.replace(options, config_dir=".")
+
+    stop = asyncio.Event()
+    started: list[Daemon] = []
+
+    def on_exit_signal(name: str) -> None:
+        if not stop.is_set():
+            log.info("Got signal to exit: %s", name)
+            stop.set()
+
+    def on_sighup() -> None:
+        if not started:
+            log.info("Received SIGHUP during start-up, ignored")
+            return
+        log.info("Received SIGHUP, reloading")
+        started[0].reload_in_background(full=True)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    loop.add_signal_handler(signal.SIGTERM, on_exit_signal, "terminated")
+    loop.add_signal_handler(signal.SIGINT, on_exit_signal, "interrupt")
+    daemon = await Daemon.start(options, config, mainlog=mainlog, exit_requested=stop)
+    started.append(daemon)
+    await stop.wait()
+    await daemon.stop()
+    return 0
+
+
+def enter_config_dir(config_dir: str) -> None:
+    """Change into the config dir; FatalError saying why not."""
+    from chasquid.daemon.app import FatalError
+
+    try:
+        os.chdir(config_dir)
+    except OSError as e:
+        raise FatalError(
+            f"Error changing to config dir {go_quote(config_dir)}: "
+            f"chdir {config_dir}: {os_reason(e)}"
+        ) from None
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection costs a descriptor.
+
+    The usual soft limit of 1024 would refuse a burst of a thousand
+    connections (plus queue files, hooks and listeners).
+    """
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as e:
+        log.info("Could not raise the open files limit: %s", e)
 
 
 def given_flags(ctx: click.Context) -> tuple[Flag, ...]:
     """Every flag's value as a command line spells it, and whether it was on the command line."""
-    from chasquid.durations import format_duration
     from chasquid.monitoring.sources import Flag
 
     flags = []

@@ -32,7 +32,6 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from chasquid.errors import ChasquidError
 from chasquid.msgbody import CHUNK, Readable
@@ -122,7 +121,9 @@ def resolve_program(name: str, config_dir: str | os.PathLike[str]) -> str:
         if found is None:
             raise ProgramStartError(f"{name!r}: executable file not found in $PATH")
         return found
-    return str(Path(config_dir) / name)
+    # os.path.join, not pathlib: with config_dir "." the result must keep its
+    # "./", or it would be a bare name looked up in PATH.
+    return os.path.join(config_dir, name)
 
 
 @dataclass

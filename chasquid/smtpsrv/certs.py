@@ -6,10 +6,11 @@ import contextlib
 import logging
 import os
 import ssl
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from chasquid.errors import ChasquidError
+from chasquid.errors import ChasquidError, os_reason
 from chasquid.smtpsrv.certnames import certificate_names, first_pem_certificate
 from chasquid.tlsprofile import server_context
 
@@ -96,27 +97,44 @@ def load_certificate(name: str, fullchain: Path, privkey: Path) -> Certificate:
     return Certificate(name=name, names=names, context=ctx)
 
 
-def load_certificates(certs_dir: str | os.PathLike[str]) -> Certificates:
-    """Load ``<certs_dir>/<name>/{fullchain,privkey}.pem`` for every entry, in name order."""
+def load_certificates(certs_dir: str | os.PathLike[str]) -> Certificates | None:
+    """Load ``<certs_dir>/<name>/{fullchain,privkey}.pem`` for every entry, in name order.
+
+    Logs each directory it looks at (indented, under the caller's
+    ``Loading certificates:``) and why one is skipped; None when no pair was
+    found, which the daemon reports once it knows what it would listen on.
+    Raises CertError, whose message is the line to log, when the directory
+    cannot be read or is empty, or when a pair fails to load.
+    """
     root = Path(certs_dir)
     try:
         entries = sorted(os.listdir(root))
     except OSError as e:
-        raise CertError(f"{root}: cannot read certificates directory: {e.strerror}") from None
+        raise CertError(f'Error reading "certs/" directory: open {root}/: {os_reason(e)}') from None
     if not entries:
-        raise CertError(f"{root}: no certificates found (the directory is empty)")
+        raise CertError('No entries found in "certs/"')
     loaded: list[Certificate] = []
-    for entry in entries:
-        path = root / entry
-        if not path.is_dir():
+    for name in entries:
+        path = root / name
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                continue
+        except OSError:
             continue
+        log.info("  %s", name)
         fullchain, privkey = path / "fullchain.pem", path / "privkey.pem"
-        if not fullchain.exists() or not privkey.exists():
-            log.info("%s: skipping, it lacks fullchain.pem or privkey.pem", path)
+        missing = None
+        for f in (fullchain, privkey):
+            try:
+                os.stat(f)
+            except OSError as e:
+                missing = f"stat {f}: {os_reason(e)}"
+                break
+        if missing is not None:
+            log.info("    skipping: %s", missing)
             continue
-        loaded.append(load_certificate(entry, fullchain, privkey))
-    if not loaded:
-        raise CertError(
-            f"{root}: no certificates found; add certs/<name>/fullchain.pem and privkey.pem"
-        )
-    return Certificates(tuple(loaded))
+        try:
+            loaded.append(load_certificate(name, fullchain, privkey))
+        except CertError as e:
+            raise CertError(f"    {e}") from None
+    return Certificates(tuple(loaded)) if loaded else None

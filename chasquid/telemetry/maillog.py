@@ -36,6 +36,8 @@ log = logging.getLogger("chasquid.maillog")
 SYSLOG = "<syslog>"
 STDOUT = "<stdout>"
 STDERR = "<stderr>"
+#: The destinations that are not file paths.
+SPECIAL_DESTINATIONS = (SYSLOG, STDOUT, STDERR)
 DEFAULT_SYSLOG_SOCKET = "/dev/log"
 
 # Facility MAIL (2) * 8 + severity INFO (6).

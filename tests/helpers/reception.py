@@ -132,6 +132,7 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
         config = configmod.load(cdir.root)
         domains: Domains = load_domains(cdir.root, config)
         certs = load_certificates(cdir.certs)
+        assert certs is not None
         store = QueueStore(root / "data" / "queue")
         store.ensure()
         counters = Counters()
