@@ -1,12 +1,10 @@
-"""One SMTP session: chasquid's dialogue on top of aiosmtpd's protocol machinery.
+"""One SMTP session: chasquid's dialogue, on aiosmtpd's protocol engine.
 
-aiosmtpd provides the asyncio protocol, the stream reader/writer, the
-per-command timer and ``push``.  Its command loop is replaced because nearly
-every rule of it differs from chasquid's (spec/10 §4-§5): line limit and
-closing on overlong lines, verbatim parameters, the 3-error limit with
-``421``, HTTP-verb detection, the connection lifetime and the PROXY line.
-Commands are still dispatched to the ``smtp_<VERB>`` methods aiosmtpd
-collects; each returns the reply (or None when it already replied).
+The session runs its own command loop (aiosmtpd's rules differ from
+chasquid's; chasquid.smtpsrv.aiosmtpd_adapter is the seam) and dispatches each
+command to its ``smtp_<VERB>`` method, which returns the reply (or None when
+it already replied). What the connection established is in ``self.state``, the
+mail transaction in ``self.txn``.
 """
 
 from __future__ import annotations
@@ -15,12 +13,8 @@ import asyncio
 import logging
 import os
 import socket
-import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from aiosmtpd.smtp import SMTP
 
 from chasquid.confdir.aliases import AliasError
 from chasquid.confdir.domaininfo import SecLevel
@@ -37,12 +31,14 @@ from chasquid.queue.queue import QueueError
 from chasquid.smtpsrv import auth, dkimstep, headers, posthook, senderpolicy
 from chasquid.smtpsrv import spf as spfcheck
 from chasquid.smtpsrv.address import AddressError, first_token, has_control, parse_address
+from chasquid.smtpsrv.aiosmtpd_adapter import ProtocolAdapter
 from chasquid.smtpsrv.certs import SNI_ATTR
 from chasquid.smtpsrv.dataread import BadLineEnding, DataReadError, read_data
 from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
 from chasquid.smtpsrv.registry import client_key
 from chasquid.smtpsrv.server import HANDSHAKE_TIMEOUT, Mode, ReceptionContext
 from chasquid.smtpsrv.spool import Spool
+from chasquid.smtpsrv.state import Envelope, Session
 from chasquid.telemetry import metrics
 from chasquid.telemetry.maillog import format_client
 
@@ -64,51 +60,18 @@ class Reply:
     text: str
 
 
-class _NoHandler:
-    """aiosmtpd wants a handler object; every decision is made by the session."""
-
-
-class SMTPSession(SMTP):
+class SMTPSession(ProtocolAdapter):
     """The SMTP dialogue of one connection."""
 
-    # The reader's buffer limit; command lines are bounded separately (1000
-    # octets) and DATA is read in large chunks, which a small limit would throttle.
-    line_length_limit = 256 * 1024
-
     def __init__(self, mode: Mode, ctx: ReceptionContext) -> None:
-        super().__init__(
-            _NoHandler(),
-            hostname=ctx.hostname,
-            ident=ctx.software,
-            data_size_limit=None,
-            enable_SMTPUTF8=True,
-            timeout=COMMAND_TIMEOUT,
-        )
+        super().__init__(hostname=ctx.hostname, software=ctx.software, timeout=COMMAND_TIMEOUT)
         self.mode = mode
         self.ctx = ctx
         self.started = time.monotonic()
         # Titled with the peer once connected; finished when the session ends.
         self.trace = ctx.tracer.new("SMTP.Conn", "")
-        self.helo_domain = ""
-        self.esmtp = False
-        self.tls: headers.TLSInfo | None = None
-        self.authenticated = False
-        self.auth_user = ""
-        self.auth_domain = ""
-        self.mail_from: str | None = None
-        self.rcpts: list[str] = []
-        self.spf: spfcheck.SPFResult | None = None
-        self.errors = 0
-        self._pending: list[bytes] = []
-        self._handshaking = False
-        # Set once the session is over (QUIT answered, or we are closing): a client
-        # that then resets the connection, or skips the TLS close_notify, is normal
-        # traffic, not an error for the operator.
-        self._ending = False
-        self.tcp_peer = ""
-        self.client: Any = ""
-        self.client_ip = ""
-        self._client_key: str | None = None
+        self.state = Session()
+        self.txn = Envelope()
 
     # ---- connection plumbing -------------------------------------------------
 
@@ -123,10 +86,10 @@ class SMTPSession(SMTP):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if peer:
-            self.tcp_peer = format_client(peer)
-            self.client = peer
-            self.client_ip = str(peer[0])
-        self.trace.title = self.tcp_peer
+            self.state.tcp_peer = format_client(peer)
+            self.state.client = peer
+            self.state.client_ip = str(peer[0])
+        self.trace.title = self.state.tcp_peer
         self.trace.debug(f"Connected, mode: {self.mode.display}")
         super().connection_made(transport)
         self.ctx.sessions.add(self)
@@ -134,8 +97,8 @@ class SMTPSession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         """The connection is gone: leave the registry (the handler task is cancelled)."""
         self.ctx.sessions.discard(self)
-        if error is not None and self._ending:
-            log.debug("SMTP.Conn %s: connection lost while closing: %s", self.tcp_peer, error)
+        if error is not None and self.closing:
+            log.debug("SMTP.Conn %s: connection lost while closing: %s", self.state.tcp_peer, error)
         elif error is not None:
             self._log_error(f"exiting with error: {error}")
         super().connection_lost(error)
@@ -143,23 +106,19 @@ class SMTPSession(SMTP):
     @property
     def in_transaction(self) -> bool:
         """Between an accepted MAIL and the reply to DATA (graceful shutdown waits)."""
-        return self.mail_from is not None
+        return self.txn.mail_from is not None
 
     def close(self) -> None:
         """Close the connection (used by graceful shutdown)."""
-        self._close()
-
-    def eof_received(self) -> bool | None:
-        """Let pending work (e.g. queueing) finish; the reader sees EOF."""
-        return asyncio.StreamReaderProtocol.eof_received(self)
+        self.close_connection()
 
     def _log_error(self, text: str) -> None:
         # fail2ban bans the address at the start of the line: behind a PROXY
         # it must be the real client, with the proxy's address kept alongside.
-        who = self.tcp_peer
-        client = format_client(self.client) if self.client else ""
-        if client and client != self.tcp_peer:
-            who = f"{client} (via {self.tcp_peer})"
+        who = self.state.tcp_peer
+        client = format_client(self.state.client) if self.state.client else ""
+        if client and client != self.state.tcp_peer:
+            who = f"{client} (via {self.state.tcp_peer})"
         log.warning("SMTP.Conn %s: error: %s", who, go_quote(text)[1:-1])
         self.trace.error(text, mirror=False)
 
@@ -171,27 +130,11 @@ class SMTPSession(SMTP):
         await self._write("\r\n".join(out), may_defer=may_defer)
 
     async def _write(self, reply: str, *, may_defer: bool = False) -> None:
-        """Send one reply; with may_defer, hold it while the client's next command is here.
-
-        A pipelining client sends MAIL, RCPT and DATA at once: their replies then go
-        out in one segment instead of one system call (and one TCP segment) each.
-        Replies that the client must see before it goes on (greeting, 354, 334,
-        STARTTLS) are never deferred.
-        """
-        self._pending.append(reply.encode("utf-8", "surrogateescape") + b"\r\n")
-        if may_defer and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
-            return
-        self._writer.write(b"".join(self._pending))
-        self._pending.clear()
-        await self._writer.drain()
-
-    def _close(self) -> None:
-        self._ending = True
-        if self.transport is not None:
-            if self._pending:
-                self.transport.write(b"".join(self._pending))  # type: ignore[attr-defined]
-                self._pending.clear()
-            self.transport.close()
+        """Send one reply; only those the client need not see before going on may wait
+        (never the greeting, 354, 334 or STARTTLS's 220)."""
+        await self.write_reply(
+            reply.encode("utf-8", "surrogateescape") + b"\r\n", may_defer=may_defer
+        )
 
     @property
     def hostname_now(self) -> str:
@@ -203,31 +146,28 @@ class SMTPSession(SMTP):
         if obj is None:
             return
         cipher = obj.cipher()
-        self.tls = headers.TLSInfo(version=obj.version() or "", cipher=cipher[0] if cipher else "")
-        self.trace.debug(f"TLS: {self.tls.version} {self.tls.cipher}")
+        self.state.tls = headers.TLSInfo(
+            version=obj.version() or "", cipher=cipher[0] if cipher else ""
+        )
+        self.trace.debug(f"TLS: {self.state.tls.version} {self.state.tls.cipher}")
         sni = getattr(obj, SNI_ATTR, "")
         if sni and valid_hostname(sni):
             self.hostname = sni
-
-    def _reset_envelope(self) -> None:
-        self.mail_from = None
-        self.rcpts = []
-        self.spf = None
 
     # ---- command loop ----------------------------------------------------------
 
     async def _read_line(self) -> bytes:
         """One line without its terminator; raises on overlong lines and EOF."""
         try:
-            line: bytes = await self._reader.readuntil(b"\n")
+            line: bytes = await self.reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as e:
-            await self._reader.read(e.consumed)
+            await self.reader.read(e.consumed)
             while True:
                 try:
-                    await self._reader.readuntil(b"\n")
+                    await self.reader.readuntil(b"\n")
                     break
                 except asyncio.LimitOverrunError as e2:
-                    await self._reader.read(e2.consumed)
+                    await self.reader.read(e2.consumed)
             raise _LineTooLong() from None
         line = line[:-1]
         if line.endswith(b"\r"):
@@ -236,56 +176,39 @@ class SMTPSession(SMTP):
             raise _LineTooLong()
         return line
 
-    async def _handle_client(self) -> None:
+    async def serve_connection(self) -> None:
+        """The dialogue; whatever ends it, the connection is closed and released."""
         try:
             await self._serve()
         except asyncio.CancelledError:
             raise
         except (ConnectionError, OSError) as e:
-            log.info("SMTP.Conn %s: connection error: %s", self.tcp_peer, e)
+            log.info("SMTP.Conn %s: connection error: %s", self.state.tcp_peer, e)
             self.trace.error(f"connection error: {e}", mirror=False)
         except Exception as e:
-            log.exception("SMTP.Conn %s: unexpected error", self.tcp_peer)
+            log.exception("SMTP.Conn %s: unexpected error", self.state.tcp_peer)
             self.trace.error(f"unexpected error: {type(e).__name__}: {e}", mirror=False)
         finally:
             self.trace.finish()
-            self._close()
+            self.close_connection()
             self.ctx.sessions.discard(self)
-            if self._client_key is not None:
-                self.ctx.sessions.release(self._client_key)
+            if self.state.client_key is not None:
+                self.ctx.sessions.release(self.state.client_key)
 
-    def _timeout_cb(self) -> None:
-        """The I/O deadline passed: log it, try a last 554 (§4.2) and close."""
+    def on_deadline(self) -> None:
+        """The I/O deadline passed: log it, try a last 554 and close."""
         self._log_error("exiting with error: connection timed out")
-        transport = self.transport
-        if transport is None:
+        if self.transport is None:
             return
-        if not self._handshaking:
-            # A TLS handshake in progress owns the raw socket; no reply then.
-            self._pending.append(b"554 error reading command: connection timed out\r\n")
-        self._close()
+        self.last_words(b"554 error reading command: connection timed out\r\n")
+        self.close_connection()
 
     async def _start_tls(self) -> str | None:
-        """Upgrade the connection to TLS; None on success, else the error text.
-
-        asyncio's start_tls closes the raw transport when the handshake fails,
-        so no reply can follow a failed handshake: by then the client is
-        speaking TLS and a cleartext line would be noise anyway.
-        """
-        self._handshaking = True
-        try:
-            await self._writer.start_tls(
-                self.ctx.certs().server_context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-            )
-        except (ssl.SSLError, ConnectionError, OSError, TimeoutError, EOFError) as e:
-            return str(e) or type(e).__name__
-        finally:
-            self._handshaking = False
-        new_transport = self._writer.transport
-        self.transport = new_transport
-        self._reader._transport = new_transport  # type: ignore[attr-defined]
-        self._record_tls(new_transport)
-        return None
+        """Switch to TLS with the certificates in force; None on success, else the error."""
+        error = await self.start_tls(self.ctx.certs().server_context(), HANDSHAKE_TIMEOUT)
+        if error is None and self.transport is not None:
+            self._record_tls(self.transport)
+        return error
 
     def _over_connection_limit(self) -> str | None:
         """The key whose limit this connection exceeds (counted from now on), if any.
@@ -295,13 +218,13 @@ class SMTPSession(SMTP):
         config = self.ctx.config
         if len(self.ctx.sessions) > config.max_connections:
             return "max_connections"
-        self._client_key = client_key(self.client_ip or self.tcp_peer)
-        if self.ctx.sessions.claim(self._client_key) > config.max_connections_per_ip:
+        self.state.client_key = client_key(self.state.client_ip or self.state.tcp_peer)
+        if self.ctx.sessions.claim(self.state.client_key) > config.max_connections_per_ip:
             return "max_connections_per_ip"
         return None
 
     async def _serve(self) -> None:
-        self._reset_timeout(HANDSHAKE_TIMEOUT)
+        self.set_deadline(HANDSHAKE_TIMEOUT)
         assert self.transport is not None
         if self.mode.implicit_tls:
             error = await self._start_tls()
@@ -310,13 +233,13 @@ class SMTPSession(SMTP):
                 return
         if self.ctx.config.haproxy_incoming:
             try:
-                header = parse_proxy_line(await self._reader.readuntil(b"\n"))
+                header = parse_proxy_line(await self.reader.readuntil(b"\n"))
             except (ProxyError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
                 self._log_error(f"error in haproxy handshake: {e}")
                 return
-            self.client = (header.src_ip, header.src_port)
-            self.client_ip = header.src_ip
-            self.trace.debug(f"PROXY: the client is {format_client(self.client)}")
+            self.state.client = (header.src_ip, header.src_port)
+            self.state.client_ip = header.src_ip
+            self.trace.debug(f"PROXY: the client is {format_client(self.state.client)}")
         if refused_by := self._over_connection_limit():
             self.ctx.counters.inc(metrics.SMTP_IN_CONNECTIONS_REFUSED, refused_by)
             # Also the main log's line: SMTP.Conn <peer>: refused: over <limit>.
@@ -330,7 +253,7 @@ class SMTPSession(SMTP):
             if time.monotonic() - self.started > self.ctx.lifetime:
                 self._log_error("connection deadline exceeded")
                 return
-            self._reset_timeout(COMMAND_TIMEOUT)
+            self.set_deadline(COMMAND_TIMEOUT)
             try:
                 line = await self._read_line()
             except _LineTooLong:
@@ -338,11 +261,11 @@ class SMTPSession(SMTP):
                 return
             except asyncio.IncompleteReadError:
                 # The client may only have half-closed: a last reply can still arrive.
-                self._pending.append(b"554 error reading command: unexpected EOF\r\n")
+                self.last_words(b"554 error reading command: unexpected EOF\r\n")
                 return
             except (ConnectionError, OSError) as e:
                 self._log_error(f"exiting with error: {e}")
-                self._pending.append(f"554 error reading command: {e}\r\n".encode())
+                self.last_words(f"554 error reading command: {e}\r\n".encode())
                 return
             verb_b, _, params_b = line.partition(b" ")
             verb = verb_b.decode("ascii", "replace").upper()
@@ -355,10 +278,10 @@ class SMTPSession(SMTP):
                 await self._send(502, "5.7.0 This is an SMTP server, not a web server")
                 return
             if verb == "QUIT":
-                self._ending = True
+                self.closing = True
                 await self._send(221, "2.0.0 Goodbye")
                 return
-            method = self._smtp_methods.get(verb) if verb.isalpha() else None
+            method = self.command_method(verb) if verb.isalpha() else None
             if method is None:
                 label = f'unknown<"{go_quote(verb[:6])[1:-1]}">'
                 self.ctx.counters.inc(metrics.SMTP_IN_COMMANDS, label)
@@ -375,9 +298,9 @@ class SMTPSession(SMTP):
     async def _reply(self, verb: str, reply: Reply) -> bool:
         """Send a reply, accounting errors; False when the session must end."""
         if reply.code >= 400:
-            self.errors += 1
+            self.state.errors += 1
             self._log_error(f"{verb} failed: {reply.code}  {reply.text}")
-            if self.errors >= MAX_ERRORS:
+            if self.state.errors >= MAX_ERRORS:
                 self._log_error("too many errors, breaking connection")
                 await self._send(421, "4.5.0 Too many errors, bye")
                 return False
@@ -395,7 +318,7 @@ class SMTPSession(SMTP):
             # The name goes into Received:, the hook's environment and the logs.
             # (Bytes that are not UTF-8 are kept: Received: quotes them.)
             return Reply(501, f"Invalid {verb}: control characters are not allowed")
-        self.helo_domain = words[0]
+        self.state.helo_domain = words[0]
         return None
 
     async def smtp_HELO(self, params: str) -> Reply:
@@ -406,7 +329,7 @@ class SMTPSession(SMTP):
         """EHLO (§6.2)."""
         if refused := self._hello("EHLO", params):
             return refused
-        self.esmtp = True
+        self.state.esmtp = True
         lines = [
             f"{self.hostname_now} at your service",
             "8BITMIME",
@@ -414,7 +337,7 @@ class SMTPSession(SMTP):
             "SMTPUTF8",
             "ENHANCEDSTATUSCODES",
             f"SIZE {self.ctx.max_data_size}",
-            "AUTH PLAIN LOGIN" if self.tls else "STARTTLS",
+            "AUTH PLAIN LOGIN" if self.state.tls else "STARTTLS",
             "HELP",
         ]
         return Reply(250, "\n".join(lines))
@@ -429,7 +352,7 @@ class SMTPSession(SMTP):
 
     async def smtp_RSET(self, params: str) -> Reply:
         """RSET (§6.9)."""
-        self._reset_envelope()
+        self.txn = Envelope()
         return Reply(250, "2.0.0 Transaction reset")
 
     async def smtp_VRFY(self, params: str) -> Reply:
@@ -444,19 +367,19 @@ class SMTPSession(SMTP):
 
     async def smtp_STARTTLS(self, params: str) -> Reply | object | None:
         """STARTTLS (§6.3): pipelined plaintext is discarded before the handshake."""
-        if self.tls is not None:
+        if self.state.tls is not None:
             return Reply(503, "5.5.1 Already done")
         await self._send(220, "2.0.0 Ready to start TLS")
         # Plaintext pipelined after STARTTLS must never be read as commands.
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        self.discard_input()
         error = await self._start_tls()
         if error is not None:
             # The 554 5.5.0 of §6.3 cannot be sent (see _start_tls); the log
             # line carries it, with the client address, for the operator.
-            self.errors += 1
+            self.state.errors += 1
             self._log_error(f"STARTTLS failed: 554  5.5.0 Error in TLS handshake: {error}")
             return _CLOSE
-        self._reset_envelope()
+        self.txn = Envelope()
         return None
 
     # ---- AUTH ---------------------------------------------------------------------------
@@ -468,9 +391,9 @@ class SMTPSession(SMTP):
 
     async def smtp_AUTH(self, params: str) -> Reply:
         """AUTH PLAIN / LOGIN, only under TLS (§6.4, decision 1)."""
-        if self.tls is None:
+        if self.state.tls is None:
             return Reply(503, "5.7.10 AUTH requires TLS: use STARTTLS first")
-        if self.authenticated:
+        if self.state.authenticated:
             return Reply(503, "5.5.1 Already done")
         mech, sp, initial = params.partition(" ")
         mech = mech.upper()
@@ -497,24 +420,26 @@ class SMTPSession(SMTP):
                 self.ctx.domains().users, user, domain, password
             )
         except auth.AuthBackendError as e:
-            log.info("SMTP.Conn %s: auth backend error: %s", self.tcp_peer, e)
+            log.info("SMTP.Conn %s: auth backend error: %s", self.state.tcp_peer, e)
             self.trace.error(f"auth backend error: {e}", mirror=False)
             self._auth_event(who, "backend error")
-            self.ctx.maillog.auth(self.client, who, False)
+            self.ctx.maillog.auth(self.state.client, who, False)
             return Reply(454, "4.7.0 Temporary authentication failure")
         self._auth_event(who, "successful" if ok else "failed")
-        self.ctx.maillog.auth(self.client, who, ok)
+        self.ctx.maillog.auth(self.state.client, who, ok)
         if not ok:
             return Reply(535, "5.7.8 Incorrect user or password")
-        self.authenticated = True
-        self.auth_user, self.auth_domain = user, domain
+        self.state.authenticated = True
+        self.state.auth_user, self.state.auth_domain = user, domain
         return Reply(235, "2.7.0 Authentication successful")
 
     def _auth_event(self, who: str, outcome: str) -> None:
         """One AUTH attempt, in this connection's trace and the daemon's Authentication trace."""
         self.trace.debug(f"AUTH as {who}: {outcome}")
         if self.ctx.auth_trace is not None:
-            self.ctx.auth_trace.debug(f"{format_client(self.client)} AUTH as {who}: {outcome}")
+            self.ctx.auth_trace.debug(
+                f"{format_client(self.state.client)} AUTH as {who}: {outcome}"
+            )
 
     # ---- MAIL / RCPT ----------------------------------------------------------------
 
@@ -522,14 +447,14 @@ class SMTPSession(SMTP):
         """MAIL FROM (§6.6), checks in the specified order."""
         if params[:5].lower() != "from:":
             return Reply(500, "5.5.2 Unknown command format")
-        if self.mode.is_submission and not self.authenticated:
+        if self.mode.is_submission and not self.state.authenticated:
             return Reply(550, "5.7.9 Mail to submission port must be authenticated")
         token = first_token(params[5:])
         if token is None:
             return Reply(500, "5.5.4 Malformed command: missing address")
-        self._reset_envelope()
+        self.txn = Envelope()
         if token == "<>":
-            self.mail_from = ""
+            self.txn.mail_from = ""
             return Reply(250, "2.1.5 Sender OK")
         try:
             addr = parse_address(token)
@@ -541,51 +466,59 @@ class SMTPSession(SMTP):
             return Reply(501, "5.1.7 Sender address too long")
         local, _, raw_domain = addr.rpartition("@")
         spf_result: spfcheck.SPFResult | None = None
-        if not self.authenticated and self.client_ip:
-            spf_result = await spfcheck.check(self.client_ip, addr, raw_domain)
+        if not self.state.authenticated and self.state.client_ip:
+            spf_result = await spfcheck.check(self.state.client_ip, addr, raw_domain)
             self.ctx.counters.inc(metrics.SMTP_IN_SPF_RESULTS, spf_result.result)
             self.trace.debug(f"SPF {spf_result.result}: {spf_result.reason}")
             if spf_result.result == "fail":
-                self.ctx.maillog.rejected(self.client, addr, [], f"failed SPF: {spf_result.reason}")
+                self.ctx.maillog.rejected(
+                    self.state.client, addr, [], f"failed SPF: {spf_result.reason}"
+                )
                 return Reply(550, f"5.7.23 SPF check failed: {spf_result.reason}")
         if spf_result is None or spf_result.result != "pass":
             self.ctx.counters.inc(metrics.SMTP_IN_SECURITY_CHECKS, "skip")
         else:
-            level = SecLevel.TLS_CLIENT if self.tls else SecLevel.PLAIN
+            level = SecLevel.TLS_CLIENT if self.state.tls else SecLevel.PLAIN
             # On the loop, not in a thread: DomainInfoStore is not thread-safe,
             # and the call only writes (one small fsync) when a domain's level
             # rises, which is rare; the courier calls it on the loop as well.
             ok = self.ctx.domaininfo.incoming_ok(raw_domain, level)
             self.ctx.counters.inc(metrics.SMTP_IN_SECURITY_CHECKS, "pass" if ok else "fail")
             if not ok:
-                self.ctx.maillog.rejected(self.client, addr, [], "security level check failed")
+                self.ctx.maillog.rejected(
+                    self.state.client, addr, [], "security level check failed"
+                )
                 return Reply(550, "5.7.3 Security level check failed")
         try:
             domain = normalize_domain(raw_domain)
         except NormalizationError as e:
-            self.ctx.maillog.rejected(self.client, addr, [], f"malformed address: {e}")
+            self.ctx.maillog.rejected(self.state.client, addr, [], f"malformed address: {e}")
             return Reply(501, "5.1.8 Malformed sender domain (IDNA conversion failed)")
-        if self.authenticated and (refused := await self._check_sender(f"{local}@{domain}")):
+        if self.state.authenticated and (refused := await self._check_sender(f"{local}@{domain}")):
             return refused
-        self.mail_from = f"{local}@{domain}"
-        self.spf = spf_result
+        self.txn.mail_from = f"{local}@{domain}"
+        self.txn.spf = spf_result
         return Reply(250, "2.1.5 Sender OK")
 
     async def _check_sender(self, sender: str) -> Reply | None:
         """The refusal of an authenticated user's sender under auth_sender_policy, if any."""
         policy = self.ctx.config.auth_sender_policy
-        who = f"{self.auth_user}@{self.auth_domain}"
+        who = self.state.auth_identity
         try:
             allowed = await senderpolicy.may_send_as(
-                policy, sender, self.auth_user, self.auth_domain, self.ctx.domains().resolver
+                policy,
+                sender,
+                self.state.auth_user,
+                self.state.auth_domain,
+                self.ctx.domains().resolver,
             )
         except senderpolicy.SenderPolicyError as e:
-            self.ctx.maillog.rejected(self.client, sender, [], str(e))
+            self.ctx.maillog.rejected(self.state.client, sender, [], str(e))
             return Reply(451, "4.4.3 Temporary error checking the sender address")
         if allowed:
             return None
         self.ctx.maillog.rejected(
-            self.client, sender, [], f"{who} may not send as this address ({policy} policy)"
+            self.state.client, sender, [], f"{who} may not send as this address ({policy} policy)"
         )
         return Reply(553, f"5.7.1 {who} may not send as this address")
 
@@ -593,12 +526,12 @@ class SMTPSession(SMTP):
         """RCPT TO (§6.7), checks in the specified order."""
         if params[:3].lower() != "to:":
             return Reply(500, "5.5.2 Unknown command format")
-        if self.mail_from is None:
+        if self.txn.mail_from is None:
             return Reply(503, "5.5.1 Sender not yet given")
         token = first_token(params[3:])
         if token is None:
             return Reply(500, "5.5.4 Malformed command: missing address")
-        if len(self.rcpts) >= MAX_RCPTS:
+        if len(self.txn.rcpts) >= MAX_RCPTS:
             return Reply(452, "4.5.3 Too many recipients")
         try:
             addr = parse_address(token)
@@ -612,54 +545,58 @@ class SMTPSession(SMTP):
         converted = f"{local}@{domain}"
         if len(converted.encode("utf-8", "surrogateescape")) > MAX_ADDR_LEN:
             return Reply(501, "5.1.3 Destination address too long")
-        sender = self.mail_from or "<>"
+        sender = self.txn.mail_from or "<>"
         domains = self.ctx.domains()
         if domain not in domains.local:
-            if not self.authenticated:
-                self.ctx.maillog.rejected(self.client, sender, [converted], "relay not allowed")
+            if not self.state.authenticated:
+                self.ctx.maillog.rejected(
+                    self.state.client, sender, [converted], "relay not allowed"
+                )
                 return Reply(503, "5.7.1 Relay not allowed")
-            self.rcpts.append(converted)
+            self.txn.rcpts.append(converted)
             return Reply(250, "2.1.5 Recipient OK")
         try:
             stored = f"{normalize_user(local)}@{domain}"
         except NormalizationError as e:
-            self.ctx.maillog.rejected(self.client, sender, [addr], f"invalid address: {e}")
+            self.ctx.maillog.rejected(self.state.client, sender, [addr], f"invalid address: {e}")
             return Reply(550, "5.1.3 Destination address is invalid")
         try:
             exists = await domains.resolver.exists(stored)
         except AliasError as e:
             self.ctx.maillog.rejected(
-                self.client, sender, [stored], f"error checking if user exists: {e}"
+                self.state.client, sender, [stored], f"error checking if user exists: {e}"
             )
             return Reply(451, "4.4.3 Temporary error checking address")
         if not exists:
-            self.ctx.maillog.rejected(self.client, sender, [stored], "local user does not exist")
+            self.ctx.maillog.rejected(
+                self.state.client, sender, [stored], "local user does not exist"
+            )
             return Reply(550, "5.1.1 Destination address is unknown (user does not exist)")
-        self.rcpts.append(stored)
+        self.txn.rcpts.append(stored)
         return Reply(250, "2.1.5 Recipient OK")
 
     # ---- DATA -----------------------------------------------------------------------------
 
     async def smtp_DATA(self, params: str) -> Reply | object:
         """DATA (§6.8, §7): read, check, add headers, run the hook, queue."""
-        if not self.helo_domain:
+        if not self.state.helo_domain:
             return Reply(503, "5.5.1 Say HELO or EHLO first")
-        if self.mail_from is None:
+        if self.txn.mail_from is None:
             return Reply(503, "5.5.1 Sender not yet given")
-        if not self.rcpts:
+        if not self.txn.rcpts:
             return Reply(503, "5.5.1 Need an address to send to")
         await self._send(354, "Start mail input; end with <CRLF>.<CRLF>")
-        self.ctx.counters.inc(metrics.SMTP_IN_TLS, "tls" if self.tls else "plain")
+        self.ctx.counters.inc(metrics.SMTP_IN_TLS, "tls" if self.state.tls else "plain")
 
         def before_read() -> None:
             # RFC 5321's server timeout between reads, within the connection's lifetime.
             left = self.ctx.lifetime - (time.monotonic() - self.started)
-            self._reset_timeout(max(min(self.ctx.data_idle_timeout, left), 1.0))
+            self.set_deadline(max(min(self.ctx.data_idle_timeout, left), 1.0))
 
         incoming = _Incoming(Spool(self.ctx.queue.store.directory))
         try:
             result = await read_data(
-                self._reader, self.ctx.max_data_size, incoming.write, before_read=before_read
+                self.reader, self.ctx.max_data_size, incoming.write, before_read=before_read
             )
         except BadLineEnding as e:
             incoming.spool.discard()
@@ -673,7 +610,7 @@ class SMTPSession(SMTP):
             incoming.spool.discard()
             raise
         finally:
-            self._reset_timeout(COMMAND_TIMEOUT)
+            self.set_deadline(COMMAND_TIMEOUT)
         if result.too_big:
             incoming.spool.discard()
             return Reply(552, "5.3.4 Message too big")
@@ -687,11 +624,13 @@ class SMTPSession(SMTP):
             # Only now, with the reply about to be written in this same step:
             # graceful shutdown closes a session as soon as it leaves its
             # transaction, and must not do so before the client hears 250.
-            self._reset_envelope()
+            self.txn = Envelope()
         return reply
 
     def _reject(self, reason: str) -> None:
-        self.ctx.maillog.rejected(self.client, self.mail_from or "<>", self.rcpts, reason)
+        self.ctx.maillog.rejected(
+            self.state.client, self.txn.mail_from or "<>", self.txn.rcpts, reason
+        )
 
     async def _process(self, incoming: _Incoming) -> Reply:
         """Steps of §7.2 after a successful read; the spool is gone when this returns."""
@@ -715,7 +654,7 @@ class SMTPSession(SMTP):
             self._reject(text)
             return Reply(554, text)
 
-        sender = self.mail_from or ""
+        sender = self.txn.mail_from or ""
         data = incoming.spool.body()
         # The header section is small and read whole; the body is only ever
         # read piece by piece (hashed for DKIM, copied into the queue).
@@ -726,7 +665,7 @@ class SMTPSession(SMTP):
         body = data.slice(incoming.body_start)
         signatures = b""
         dkim_lines: list[str] = []
-        if self.authenticated:
+        if self.state.authenticated:
             keys = self.ctx.domains().dkim.for_domain(sender.rpartition("@")[2])
             try:
                 signatures = await dkimstep.sign(section, body, keys, self.ctx.counters)
@@ -745,19 +684,19 @@ class SMTPSession(SMTP):
             headers.format_header(
                 "Received",
                 headers.received(
-                    helo_domain=self.helo_domain,
-                    client_ip=self.client_ip or None,
+                    helo_domain=self.state.helo_domain,
+                    client_ip=self.state.client_ip or None,
                     hostname=self.hostname_now,
-                    esmtp=self.esmtp,
-                    tls=self.tls,
-                    authenticated=self.authenticated,
+                    esmtp=self.state.esmtp,
+                    tls=self.state.tls,
+                    authenticated=self.state.authenticated,
                     mode_name=self.mode.display,
                     sender=sender,
                 ),
             )
         ]
-        if not self.authenticated:
-            spf = (self.spf.result, self.spf.reason) if self.spf is not None else None
+        if not self.state.authenticated:
+            spf = (self.txn.spf.result, self.txn.spf.reason) if self.txn.spf is not None else None
             if spf is not None:
                 added.append(headers.format_header("Received-SPF", headers.received_spf(*spf)))
             results = authres.value(self.hostname_now, spf, dkim_lines)
@@ -776,10 +715,12 @@ class SMTPSession(SMTP):
         message = message.prepend(outcome.headers)
 
         try:
-            item_id = await self.ctx.queue.put(sender, list(self.rcpts), message, origin=self.trace)
+            item_id = await self.ctx.queue.put(
+                sender, list(self.txn.rcpts), message, origin=self.trace
+            )
         except QueueError as e:
             return Reply(451, f"4.3.0 Failed to queue message: {e}")
-        self.ctx.maillog.queued(self.client, sender or "<>", self.rcpts, item_id)
+        self.ctx.maillog.queued(self.state.client, sender or "<>", self.txn.rcpts, item_id)
         return Reply(250, f"2.0.0 Queued as {item_id}")
 
     async def _run_hook(self, message: Body) -> posthook.HookOutcome:
@@ -790,18 +731,18 @@ class SMTPSession(SMTP):
             os.stat(str(path))
         except OSError:
             return posthook.HookOutcome()
-        sender = self.mail_from or ""
+        sender = self.txn.mail_from or ""
         sender_domain = sender.rpartition("@")[2]
         env = posthook.hook_env(
             config_dir=self.ctx.config_dir.root,
-            remote_addr=format_client(self.client),
-            ehlo_domain=self.helo_domain,
+            remote_addr=format_client(self.state.client),
+            ehlo_domain=self.state.helo_domain,
             mail_from=sender,
-            rcpt_to=self.rcpts,
-            auth_as=f"{self.auth_user}@{self.auth_domain}" if self.authenticated else "",
-            on_tls=self.tls is not None,
+            rcpt_to=self.txn.rcpts,
+            auth_as=self.state.auth_identity if self.state.authenticated else "",
+            on_tls=self.state.tls is not None,
             from_local_domain=not sender_domain or sender_domain in self.ctx.domains().local,
-            spf_pass=self.spf is not None and self.spf.result == "pass",
+            spf_pass=self.txn.spf is not None and self.txn.spf.result == "pass",
         )
         return await posthook.run_post_data(path, message, env, self.ctx.config_dir.root)
 
