@@ -1,4 +1,4 @@
-"""Address normalization (spec/20 §1): user names, domains, drop characters and suffixes.
+"""Address normalization: user names, domains, drop characters and suffixes.
 
 Internally every domain is kept in Unicode form, lower case; the ASCII (IDNA)
 form is produced only for the wire.  User parts follow the PRECIS

@@ -31,13 +31,13 @@ COMPLETE_VAR = "_CHASQUID_UTIL_COMPLETE"
 
 
 class UsageError(click.UsageError):
-    """A command-line mistake; chasquid-util exits 1 for every error (spec/30 §3.7)."""
+    """A command-line mistake; chasquid-util exits 1 for every error."""
 
     exit_code = 1
 
 
 class UtilGroup(click.Group):
-    """A group whose usage errors exit 1 (spec/30 §3.7) and name unknown commands plainly."""
+    """A group whose usage errors exit 1 and name unknown commands plainly."""
 
     def make_context(
         self,

@@ -15,7 +15,7 @@ from chasquid.errors import ChasquidError
 from chasquid_util.errors import UtilError
 from chasquid_util.users import require_config_dir
 
-# Order of the recipient types in aliases-resolve's output (lexicographic, spec/30 §3.4).
+# Order of the recipient types in aliases-resolve's output (lexicographic, as chasquid prints them).
 _KIND_LABELS = {"email": "(email)", "forward": "(forward)", "pipe": "(pipe)"}
 
 

@@ -24,7 +24,7 @@ def _warn_configdir(ctx: click.Context, param: click.Parameter, value: str | Non
 
 
 def verbose_option(f: F) -> F:
-    """The global -v (spec/30 §3.1): more detail from the DKIM commands, accepted everywhere."""
+    """The global -v: more detail from the DKIM commands, accepted everywhere."""
     return click.option(
         "-v",
         "--verbose",

@@ -21,7 +21,7 @@ from chasquid.normalize import (
 )
 from chasquid_util.errors import UtilError
 
-# Mode of a domain directory created by user-add (spec/30 §3.3).
+# Mode of a domain directory created by user-add.
 DOMAIN_DIR_MODE = 0o755
 
 

@@ -1,4 +1,4 @@
-"""The `smtp-check` command line (spec/30 §4.1).
+"""The `smtp-check` command line.
 
 TEMPORARY: only the flags exist, so that shell completions can be generated;
 the checks themselves are a later issue. Running it prints "not implemented

@@ -1,4 +1,4 @@
-"""Tests for chasquid.normalize: spec/20 §1 examples and properties over arbitrary text."""
+"""Tests for chasquid.normalize: reference examples and properties over arbitrary text."""
 
 from __future__ import annotations
 

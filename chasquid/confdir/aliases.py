@@ -1,7 +1,7 @@
-"""Aliases files (spec/20 §3) and alias resolution, including the alias-resolve hook.
+"""Aliases files and alias resolution, including the alias-resolve hook.
 
 The file syntax is documented for users in docs/aliases.md. Resolution goes
-beyond chasquid in two ways (spec/README.md decisions 8 and 9): an alias that
+beyond chasquid in two ways: an alias that
 lists its own address delivers to that address instead of looping, and an
 existing user wins over the catch-all after suffix and drop-character removal.
 """
@@ -324,7 +324,7 @@ class Resolver:
         from_catchall = False
         if not entries:
             cleaned_user, _ = split_addr(looked_up)
-            # Decision 9: the cleaned user is tried too, so an existing user
+            # The cleaned user is tried too, so an existing user
             # wins over the catch-all whatever suffix or drops were used.
             if await self._exists_backend(user, domain) or (
                 cleaned_user != user and await self._exists_backend(cleaned_user, domain)
@@ -345,7 +345,7 @@ class Resolver:
                 _, target_domain = split_addr(entry.address)
                 entry = replace(entry, address=f"{user}@{target_domain}")
             elif not from_catchall and self._key(entry.address) == own_key:
-                # Decision 8: an alias listing its own address keeps a copy for
+                # An alias listing its own address keeps a copy for
                 # the local user instead of expanding itself again.
                 cleaned = clean(entry.address, self.drops, self.separators)
                 result.append(replace(entry, address=cleaned))
@@ -363,7 +363,7 @@ class Resolver:
             raise AliasError(f"checking whether {user}@{domain} exists: {e}") from e
 
     async def alias_exists(self, addr: str) -> bool:
-        """True if addr, its cleaned form or the domain's catch-all has aliases (§3.5).
+        """True if addr, its cleaned form or the domain's catch-all has aliases.
 
         Hook failures count as "no alias" here.
         """

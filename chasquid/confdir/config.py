@@ -1,4 +1,4 @@
-"""chasquid.conf: keys, defaults, parsing, validation and overrides (spec/30 §1.2-§1.5).
+"""chasquid.conf: keys, defaults, parsing, validation and overrides.
 
 The file is YAML whose top-level mapping uses chasquid's key names. For
 compatibility with existing chasquid.conf files, top-level keys may be
@@ -7,7 +7,7 @@ repeated (occurrences are concatenated in file order). PyYAML's composer
 gives us the node tree with line numbers; we walk the top-level mapping
 ourselves so repeated keys are seen instead of silently collapsed.
 
-Layering (spec/README decision 4): defaults, then the file, then the
+Layering: defaults, then the file, then the
 overrides; a layer replaces every key it contains, and an explicit value
 (`false`, `0`, `""`) means what it says. Out-of-range values are errors.
 """
@@ -199,8 +199,6 @@ _SPECS: dict[str, _KeySpec] = {
 
 KEYS: tuple[str, ...] = tuple(_SPECS)
 """Every chasquid.conf key, in canonical order."""
-
-LIST_KEYS: frozenset[str] = frozenset(k for k, s in _SPECS.items() if s.kind == "list")
 
 
 # --------------------------------------------------------------------------

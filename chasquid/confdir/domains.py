@@ -1,8 +1,8 @@
 """The local domains with their users and aliases, loaded as one immutable snapshot.
 
-Discovery follows spec/30 §1.6. The daemon keeps one `Domains` reference and
-swaps it for the result of `reload()`; if that raises, the old snapshot stays
-(spec/README.md decision 2).
+Every directory under ``domains/`` is a local domain (``localhost`` always
+is one). The daemon keeps one `Domains` reference and swaps it for the result
+of `reload()`; if that raises, the old snapshot stays in force.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Typed paths of the config dir and the data dir (spec/30 §1.1)."""
+"""Typed paths of the config dir and the data dir."""
 
 from __future__ import annotations
 

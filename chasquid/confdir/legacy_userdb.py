@@ -1,4 +1,4 @@
-"""Reader of chasquid's own users file: protocol buffers text format (spec/20 §2.5).
+"""Reader of chasquid's own users file: protocol buffers text format.
 
 The file holds ``ProtoDB { map<string, Password> users = 1; }``, written as
 repeated ``users { key: "name" value { scrypt { ... } } }`` blocks.  This is a

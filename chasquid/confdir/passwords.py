@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from passlib.hash import scrypt as passlib_scrypt
 
-# Parameters of every new hash (spec/20 §2.2); never lower them.
+# Parameters of every new hash; never lower them.
 NEW_LOG_N = 14
 NEW_R = 8
 NEW_P = 1

@@ -1,4 +1,4 @@
-"""The per-domain users file ``domains/<domain>/users`` (spec/20 §2, docs/users-format.md).
+"""The per-domain users file ``domains/<domain>/users`` (docs/users-format.md).
 
 A :class:`UserDB` is an immutable snapshot: the ``with_*``/``without`` methods
 return a new one, and ``save`` writes it out atomically.  ``load`` reads this
@@ -34,8 +34,8 @@ from chasquid.fileio import atomic_write
 from chasquid.normalize import NormalizationError, normalize_user
 
 FORMAT_VERSION = 1
-# The file holds password hashes: readable by its owner only (the spec's 0660 would
-# let the whole group run offline guessing against them).
+# The file holds password hashes: readable by its owner only (chasquid's 0660
+# would let the whole group run offline guessing against them).
 FILE_MODE = 0o600
 
 _HEADER = (
@@ -65,13 +65,6 @@ class UserDB:
     """An immutable snapshot of one domain's users."""
 
     _entries: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
-
-    @classmethod
-    def from_entries(cls, entries: Mapping[str, Entry]) -> UserDB:
-        """A snapshot holding entries; every name must be normalized (UserDBError otherwise)."""
-        for name in entries:
-            _check_name(name)
-        return cls(MappingProxyType(dict(entries)))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> UserDB:

@@ -1,4 +1,4 @@
-"""Local delivery through a mail delivery agent program (spec/20 §6.1, §6.2).
+"""Local delivery through a mail delivery agent program.
 
 The MDA runs without a shell, one process per recipient. Sender and recipient
 are sanitized before they are substituted into the arguments, so they cannot

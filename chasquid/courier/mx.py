@@ -1,8 +1,8 @@
-"""Where to deliver a domain's mail: MX look-up and host address resolution (spec/20 §7.2).
+"""Where to deliver a domain's mail: MX look-up and host address resolution.
 
 Failures are DeliveryErrors classified as the delivery loop needs them:
 NXDOMAIN, a null MX (RFC 7505) and names that cannot be written in ASCII are
-permanent (decision 13); SERVFAIL, timeouts and other transient trouble are
+permanent; SERVFAIL, timeouts and other transient trouble are
 temporary.
 """
 

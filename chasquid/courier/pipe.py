@@ -1,4 +1,4 @@
-"""Delivery to a pipe alias: run the command with the message on stdin (spec/20 §6.3)."""
+"""Delivery to a pipe alias: run the command with the message on stdin."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Remote delivery over SMTP (spec/20 §7, decisions 10 and 13).
+"""Remote delivery over SMTP.
 
 One call delivers a message to the recipients of one destination domain in
 one SMTP transaction (one MAIL, several RCPT), trying the domain's MX hosts
@@ -197,7 +197,7 @@ class _Session:
 
 
 def wire_address(addr: str, smtputf8: bool) -> tuple[str, bool]:
-    """The address as written in MAIL/RCPT and whether it needs SMTPUTF8 (spec/20 §7.7).
+    """The address as written in MAIL/RCPT and whether it needs SMTPUTF8.
 
     Raises a permanent DeliveryError (599) when it cannot be sent to this peer.
     """

@@ -1,4 +1,4 @@
-"""Send-only sender rewriting for forwarded mail (spec/20 §4.9, decision 14)."""
+"""Send-only sender rewriting for forwarded mail."""
 
 from __future__ import annotations
 

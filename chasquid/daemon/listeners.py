@@ -1,7 +1,8 @@
 """Listening sockets of the three modes: configured ``host:port`` addresses and inherited ones.
 
-spec/30 §2.4, spec/10 §1.2. Binding is separate from serving so the daemon can
-fail start-up with one clear line before any session runs.
+An address ``systemd`` stands for the sockets systemd passed under the mode's
+name. Binding is separate from serving so the daemon can fail start-up with
+one clear line before any session runs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The main (debug) log of the daemon: format, destinations and reopening (spec/30 §2.1-2.2).
+"""The main (debug) log of the daemon: format, destinations and reopening.
 
 Every module logs through the standard :mod:`logging` module; this module only
 decides how records look and where they go. Levels follow chasquid's: fatal
@@ -22,9 +22,6 @@ from chasquid.logtext import escape
 
 #: Width of the source-location column.
 LOCATION_WIDTH = 18
-
-#: The logger every daemon module logs under (``chasquid.<module>``).
-LOGGER_NAME = "chasquid"
 
 
 class MainLogError(ChasquidError):

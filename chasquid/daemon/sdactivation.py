@@ -1,6 +1,6 @@
 """systemd socket activation: the sockets inherited through LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES.
 
-Implements the ``sd_listen_fds_with_names`` protocol (spec/10 §1.3, spec/30 §2.4).
+Implements the ``sd_listen_fds_with_names`` protocol.
 """
 
 from __future__ import annotations

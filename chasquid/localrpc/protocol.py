@@ -14,9 +14,6 @@ from urllib.parse import quote_plus, unquote_plus
 
 from chasquid.errors import ChasquidError
 
-#: Name of the socket inside the data dir.
-SOCKET_NAME = "localrpc-v1"
-
 Params = list[tuple[str, str]]
 Handler = Callable[[Params], Awaitable[Params]]
 
@@ -69,8 +66,3 @@ def get_param(params: Params, key: str, default: str | None = None) -> str:
     if default is None:
         raise RPCError(f"missing parameter {key!r}")
     return default
-
-
-def get_all(params: Params, key: str) -> list[str]:
-    """Every value of key, in order."""
-    return [v for k, v in params if k == key]

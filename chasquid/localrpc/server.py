@@ -116,7 +116,7 @@ class _DomainInfo(Protocol):
 def standard_handlers(
     resolver: Callable[[], _Resolver], domaininfo: _DomainInfo
 ) -> dict[str, Handler]:
-    """AliasResolve and DomaininfoClear (spec/30 §2.5) over the daemon's live state."""
+    """AliasResolve and DomaininfoClear over the daemon's live state."""
 
     async def alias_resolve(params: Params) -> Params:
         recipients = await resolver().resolve(get_param(params, "Address"))

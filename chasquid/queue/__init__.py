@@ -1,4 +1,4 @@
-"""The durable mail queue (spec/20 §4)."""
+"""The durable mail queue."""
 
 from __future__ import annotations
 

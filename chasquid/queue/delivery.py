@@ -1,4 +1,4 @@
-"""The per-item delivery loop (spec/20 §4.7-4.10, §5.1, §11) and queue administration.
+"""The per-item delivery loop and queue administration.
 
 Every item in the queue gets one asyncio task that attempts its pending
 recipients in parallel, records each outcome durably before reporting it,
@@ -6,7 +6,7 @@ sleeps according to the retry schedule and, once nothing is pending or the
 item is too old, queues a DSN (never for the null sender) and deletes the
 item.
 
-Routing (spec/20 §4.8, decision 10): pipes and local mail (MDA) go one
+Routing: pipes and local mail (MDA) go one
 recipient per call; with ``mail_lmtp_address`` every local recipient of an
 item goes in one LMTP transaction; remote recipients (EMAIL to a remote
 domain and FORWARD) go to the remote courier, one call per destination
@@ -52,8 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("chasquid.queue")
 
 
-#: spec/20 §4.7: the delay after an attempt is the first of these longer than
-#: the item's age, else the last one.
+#: The delay after an attempt is the first of these longer than the item's
+#: age, else the last one (docs/delivery.md).
 DEFAULT_RETRY_SCHEDULE: tuple[float, ...] = (60.0, 300.0, 600.0, 1200.0)
 
 #: The trace family of a delivery attempt, by ``deliverAttempts`` label; local
@@ -72,7 +72,7 @@ REMOVED_MESSAGE = "removed from the queue by the administrator"
 
 @dataclass(frozen=True)
 class Couriers:
-    """The couriers the delivery loop routes to (spec/20 §4.8)."""
+    """The couriers the delivery loop routes to."""
 
     local: Courier
     pipe: Courier
@@ -115,7 +115,7 @@ def parse_retry_schedule(text: str) -> tuple[float, ...]:
 
 
 def attempt_kind(rcpt: QueuedRecipient, is_local: Callable[[str], bool]) -> str:
-    """The ``deliverAttempts`` label of a recipient (spec/20 §4.8)."""
+    """The ``deliverAttempts`` label of a recipient."""
     if rcpt.kind is RecipientKind.PIPE:
         return "pipe"
     if rcpt.kind is RecipientKind.FORWARD:
@@ -137,7 +137,7 @@ class ItemRunner:
         trace = delivery.queue.trace(item.id)
         self.trace = trace or delivery.queue.tracer.new(ITEM_TRACE_FAMILY, item.id)
 
-    # --- the loop, spec/20 §4.7.
+    # --- the loop.
 
     async def run(self) -> None:
         """Attempt until done or given up, then DSN and delete."""

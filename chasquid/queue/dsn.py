@@ -1,17 +1,17 @@
-"""Delivery status notifications: the bounce message for a finished queue item (spec/20 §5).
+"""Delivery status notifications: the bounce message for a finished queue item.
 
 The DSN is a ``multipart/report`` with three parts: a human-readable text, a
 ``message/global-delivery-status`` report (RFC 6533) and the original message
-(truncated). Its layout follows spec/20 §5.3 byte for byte, with decision 11
-of spec/README.md: X-Failed-Recipients has no trailing separator, and
-In-Reply-To/References are left out when the original has no Message-ID.
+(truncated). Its layout is chasquid's, byte for byte, with two fixes:
+X-Failed-Recipients has no trailing separator, and In-Reply-To/References are
+left out when the original has no Message-ID.
 
 SMTPUTF8: headers are raw UTF-8 (no encoded words), so a DSN whose own header
 block holds non-ASCII text (a non-ASCII sender, reporting domain, failed
 recipient or original Message-ID) is an internationalized message (RFC 6532).
-The envelope addresses alone decide whether SMTPUTF8 is *requested* (spec/20
-§7.7); a courier that wants to know whether the content also asks for it can
-call :func:`needs_smtputf8`. The report part is ``message/global-delivery-status``
+The envelope addresses alone decide whether SMTPUTF8 is *requested*; a
+courier that wants to know whether the content also asks for it can call
+:func:`needs_smtputf8`. The report part is ``message/global-delivery-status``
 in every case, which is already UTF-8 and needs nothing more.
 """
 
@@ -36,7 +36,7 @@ _MAX_BOUNDARY_TRIES = 8
 
 
 def reporting_domain(item: QueueItem, is_local: Callable[[str], bool]) -> str:
-    """The domain the DSN speaks for (spec/20 §5.2); is_local takes a domain."""
+    """The domain the DSN speaks for; is_local takes a domain."""
     _, sender_domain = split_addr(item.sender)
     if sender_domain and is_local(sender_domain):
         return sender_domain
@@ -167,7 +167,7 @@ def _report_part(item: QueueItem, domain: str) -> str:
             "",
         ]
     # Joined with LF and followed by the separator "\n\n\n--B": the last block
-    # thus ends in three empty lines before the boundary, as spec/20 §5.3 says.
+    # thus ends in three empty lines before the boundary, as in chasquid's DSNs.
     return "\n".join(out)
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import os
 
-ID_LENGTH = 11
-
 
 def new_id() -> str:
     """Return a fresh 11-character id from ``[A-Za-z0-9_-]`` that does not start with ``-``.

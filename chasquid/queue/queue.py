@@ -1,6 +1,6 @@
 """The queue: accepts messages durably and keeps every pending item in memory.
 
-The per-item delivery loop (spec/20 §4.7) is not here: it plugs in through
+The per-item delivery loop is not here: it plugs in through
 ``on_new_item``, called for every item that enters the queue (``put`` and
 ``load``), and uses ``get``/``update``/``remove``.
 
@@ -79,7 +79,7 @@ class Queue:
         self.store = store
         self.counters = counters if counters is not None else Counters()
         self.tracer = tracer if tracer is not None else Tracer()
-        # Only positive values override the defaults (spec/20 §4.6).
+        # Only positive values override the defaults.
         self.max_items = max_items if max_items > 0 else DEFAULT_MAX_ITEMS
         self.give_up = give_up if give_up > 0 else DEFAULT_GIVE_UP
         self.on_new_item = on_new_item
@@ -129,7 +129,7 @@ class Queue:
         *,
         origin: Trace | None = None,
     ) -> str:
-        """Queue a message durably and return its id (spec/20 §4.4).
+        """Queue a message durably and return its id.
 
         rcpts are the RCPT addresses as accepted; each is expanded through the
         current alias resolver. body is the message (bytes: a small one in
@@ -184,7 +184,7 @@ class Queue:
     async def update(self, item: QueueItem) -> bool:
         """Replace an item in memory and rewrite it durably.
 
-        A write error is logged and otherwise ignored (spec/20 §4.5): the
+        A write error is logged and otherwise ignored: the
         in-memory version still advances. Returns whether the write succeeded.
         """
         if item.id in self._items:

@@ -1,4 +1,4 @@
-"""MAIL/RCPT address-token extraction and RFC 5322 address parsing (spec/10 §6.5)."""
+"""MAIL/RCPT address-token extraction and RFC 5322 address parsing."""
 
 from __future__ import annotations
 

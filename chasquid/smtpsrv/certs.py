@@ -1,4 +1,4 @@
-"""TLS certificates from ``certs/<name>/`` and SNI-based selection (spec/10 §2, spec/30 §1.7)."""
+"""TLS certificates from ``certs/<name>/`` and SNI-based selection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DATA reader: strict CRLF, dot-unstuffing, end marker and size limit (spec/10 §7.1).
+"""The DATA reader: strict CRLF, dot-unstuffing, end marker and size limit.
 
 Data is scanned in large chunks with bytes methods; there is no per-line Python
 loop.  The stored message has LF line endings and no stuffing dots; it is

@@ -1,4 +1,4 @@
-"""Trace headers added to accepted messages and the header-section check (spec/10 §7.3, §10).
+"""Trace headers added to accepted messages and the header-section check.
 
 Pure functions over bytes/str; the message is LF-terminated throughout.
 """
@@ -62,7 +62,7 @@ class TLSInfo:
 
 
 def tls_version_name(version: str) -> str:
-    """``TLSv1.3`` → ``TLS-1.3`` (spec/10 §10.3)."""
+    """``TLSv1.3`` → ``TLS-1.3``."""
     return _TLS_VERSIONS.get(version, f"TLS-{version}")
 
 
@@ -177,7 +177,7 @@ def received_spf(result: str, reason: str) -> str:
 
 
 def format_header(name: str, value: str) -> bytes:
-    """``Name: value`` with continuation lines TAB-indented, LF-terminated (§10.1)."""
+    """``Name: value`` with continuation lines TAB-indented, LF-terminated."""
     value = value.removesuffix("\n")
     # Client-supplied text (HELO name) may hold undecodable bytes: keep them as sent.
     return f"{name}: {value.replace(chr(10), chr(10) + chr(9))}\n".encode(
@@ -186,7 +186,7 @@ def format_header(name: str, value: str) -> bytes:
 
 
 def check_header_section(data: bytes) -> int:
-    """Validate the header section (§7.3); return the number of ``Received`` fields.
+    """Validate the header section; return the number of ``Received`` fields.
 
     Raises HeaderError with a detail when the section cannot be parsed.
     """
@@ -276,7 +276,7 @@ class HeaderScanner:
 
 
 def hook_output_is_valid(out: bytes) -> bool:
-    """Whether post-data hook output is a header block we may prepend (§11)."""
+    """Whether post-data hook output is a header block we may prepend."""
     if not out:
         return True
     if out == b"\n" or b"\n\n" in out or not out.endswith(b"\n"):

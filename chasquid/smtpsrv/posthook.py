@@ -1,4 +1,4 @@
-"""The post-DATA hook (spec/10 §11)."""
+"""The post-DATA hook."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HAProxy PROXY protocol v1 (spec/10 §1.4)."""
+"""HAProxy PROXY protocol v1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The live reception sessions: for graceful shutdown (decision 3) and the connection limits."""
+"""The live reception sessions: for graceful shutdown and the connection limits."""
 
 from __future__ import annotations
 
@@ -69,10 +69,6 @@ class Sessions:
 
     def __iter__(self) -> Iterator[Tracked]:
         return iter(list(self._live))
-
-    def busy(self) -> int:
-        """How many sessions are inside a transaction."""
-        return sum(1 for s in self._live if s.in_transaction)
 
     async def drain(self, grace: float, *, poll: float = 0.05) -> None:
         """Close idle sessions now; let transactions finish for up to ``grace`` seconds.

@@ -21,7 +21,7 @@ from chasquid.telemetry.metrics import Counters
 from chasquid.telemetry.trace import Trace, Tracer
 
 HANDSHAKE_TIMEOUT = 60.0
-#: Connection lifetime (spec/10 §4.2).
+#: Connection lifetime.
 LIFETIME = 20 * 60.0
 #: How long DATA may wait for the client's next bytes (RFC 5321's server timeout).
 DATA_IDLE_TIMEOUT = 5 * 60.0

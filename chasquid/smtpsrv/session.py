@@ -138,7 +138,7 @@ class SMTPSession(ProtocolAdapter):
 
     @property
     def hostname_now(self) -> str:
-        """The session host name (§2.4)."""
+        """The session host name."""
         return str(self.hostname)
 
     def _record_tls(self, transport: asyncio.BaseTransport) -> None:
@@ -322,11 +322,11 @@ class SMTPSession(ProtocolAdapter):
         return None
 
     async def smtp_HELO(self, params: str) -> Reply:
-        """HELO (§6.1)."""
+        """HELO: note the client's name, answer with ours (no extensions)."""
         return self._hello("HELO", params) or Reply(250, self.hostname_now)
 
     async def smtp_EHLO(self, params: str) -> Reply:
-        """EHLO (§6.2)."""
+        """EHLO: note the client's name and list the extensions (AUTH only under TLS)."""
         if refused := self._hello("EHLO", params):
             return refused
         self.state.esmtp = True
@@ -343,30 +343,30 @@ class SMTPSession(ProtocolAdapter):
         return Reply(250, "\n".join(lines))
 
     async def smtp_HELP(self, params: str) -> Reply:
-        """HELP (§6.11)."""
+        """HELP: a pointer to RFC 5321."""
         return Reply(214, "2.0.0 See RFC 5321 for the commands this server speaks")
 
     async def smtp_NOOP(self, params: str) -> Reply:
-        """NOOP (§6.10)."""
+        """NOOP: nothing but a 250."""
         return Reply(250, "2.0.0 OK")
 
     async def smtp_RSET(self, params: str) -> Reply:
-        """RSET (§6.9)."""
+        """RSET: forget the mail transaction."""
         self.txn = Envelope()
         return Reply(250, "2.0.0 Transaction reset")
 
     async def smtp_VRFY(self, params: str) -> Reply:
-        """VRFY is deliberately not implemented (§6.12)."""
+        """VRFY is deliberately not implemented."""
         return Reply(502, "5.5.1 VRFY is not supported")
 
     async def smtp_EXPN(self, params: str) -> Reply:
-        """EXPN is deliberately not implemented (§6.12)."""
+        """EXPN is deliberately not implemented."""
         return Reply(502, "5.5.1 EXPN is not supported")
 
     # ---- STARTTLS -----------------------------------------------------------------
 
     async def smtp_STARTTLS(self, params: str) -> Reply | object | None:
-        """STARTTLS (§6.3): pipelined plaintext is discarded before the handshake."""
+        """STARTTLS: pipelined plaintext is discarded before the handshake."""
         if self.state.tls is not None:
             return Reply(503, "5.5.1 Already done")
         await self._send(220, "2.0.0 Ready to start TLS")
@@ -374,8 +374,8 @@ class SMTPSession(ProtocolAdapter):
         self.discard_input()
         error = await self._start_tls()
         if error is not None:
-            # The 554 5.5.0 of §6.3 cannot be sent (see _start_tls); the log
-            # line carries it, with the client address, for the operator.
+            # The 554 5.5.0 reply cannot be sent (the client speaks TLS by
+            # now); the log line carries it, with the client address.
             self.state.errors += 1
             self._log_error(f"STARTTLS failed: 554  5.5.0 Error in TLS handshake: {error}")
             return _CLOSE
@@ -390,7 +390,7 @@ class SMTPSession(ProtocolAdapter):
         return line.decode("utf-8", "surrogateescape")
 
     async def smtp_AUTH(self, params: str) -> Reply:
-        """AUTH PLAIN / LOGIN, only under TLS (§6.4, decision 1)."""
+        """AUTH PLAIN / LOGIN, only under TLS."""
         if self.state.tls is None:
             return Reply(503, "5.7.10 AUTH requires TLS: use STARTTLS first")
         if self.state.authenticated:
@@ -444,7 +444,7 @@ class SMTPSession(ProtocolAdapter):
     # ---- MAIL / RCPT ----------------------------------------------------------------
 
     async def smtp_MAIL(self, params: str) -> Reply:
-        """MAIL FROM (§6.6), checks in the specified order."""
+        """MAIL FROM: each check in turn; the first that fails gives the reply."""
         if params[:5].lower() != "from:":
             return Reply(500, "5.5.2 Unknown command format")
         if self.mode.is_submission and not self.state.authenticated:
@@ -523,7 +523,7 @@ class SMTPSession(ProtocolAdapter):
         return Reply(553, f"5.7.1 {who} may not send as this address")
 
     async def smtp_RCPT(self, params: str) -> Reply:
-        """RCPT TO (§6.7), checks in the specified order."""
+        """RCPT TO: each check in turn; the first that fails gives the reply."""
         if params[:3].lower() != "to:":
             return Reply(500, "5.5.2 Unknown command format")
         if self.txn.mail_from is None:
@@ -578,7 +578,7 @@ class SMTPSession(ProtocolAdapter):
     # ---- DATA -----------------------------------------------------------------------------
 
     async def smtp_DATA(self, params: str) -> Reply | object:
-        """DATA (§6.8, §7): read, check, add headers, run the hook, queue."""
+        """DATA: read, check, add headers, run the hook, queue."""
         if not self.state.helo_domain:
             return Reply(503, "5.5.1 Say HELO or EHLO first")
         if self.txn.mail_from is None:
@@ -633,7 +633,7 @@ class SMTPSession(ProtocolAdapter):
         )
 
     async def _process(self, incoming: _Incoming) -> Reply:
-        """Steps of §7.2 after a successful read; the spool is gone when this returns."""
+        """Check, sign or verify, add headers, run the hook, queue; the spool is gone after."""
         try:
             return await self._check_and_queue(incoming)
         finally:

@@ -1,4 +1,4 @@
-"""SPF evaluation at MAIL (spec/10 §8) with pyspf, run in a worker thread."""
+"""SPF evaluation at MAIL with pyspf, run in a worker thread."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The mail log: one stable, machine-parsed line per mail event (spec/10 §14, spec/20 §11).
+"""The mail log: one stable, machine-parsed line per mail event.
 
 Destinations: the system log (``<syslog>``), ``<stdout>``, ``<stderr>`` or a
 file (created 0640: it holds addresses, client IPs and login names). Except
@@ -29,6 +29,7 @@ from typing import IO, Protocol
 
 from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError
+from chasquid.goquote import go_list_plain
 from chasquid.logtext import escape
 
 log = logging.getLogger("chasquid.maillog")
@@ -66,11 +67,6 @@ def format_client(client: Client) -> str:
             return f"{ip.ipv4_mapped}:{port}"
         return f"[{host}]:{port}"
     return f"{host}:{port}"
-
-
-def format_list(items: Sequence[str]) -> str:
-    """Render a list as ``[a b c]``."""
-    return "[" + " ".join(items) + "]"
 
 
 class _Sink(Protocol):
@@ -260,7 +256,7 @@ class MailLog:
                     log.error("failed to write to maillog: %s", e)
                     log.error("(will not report this again)")
 
-    # Reception events (spec/10 §14.2).
+    # Reception events.
 
     def listening(self, addr: Client) -> None:
         """A listener started on addr (the configured string or the socket address)."""
@@ -277,16 +273,16 @@ class MailLog:
         if sender:
             parts.append(f"from={sender}")
         if rcpts:
-            parts.append(f"to={format_list(rcpts)}")
+            parts.append(f"to={go_list_plain(rcpts)}")
         self._write(" ".join(parts) + f" - {reason}")
 
     def queued(self, client: Client, sender: str, rcpts: Sequence[str], item_id: str) -> None:
         """A message accepted into the queue; rcpts are the RCPT addresses."""
         self._write(
-            f"{item_id} from={sender} queued ip={format_client(client)} to={format_list(rcpts)}"
+            f"{item_id} from={sender} queued ip={format_client(client)} to={go_list_plain(rcpts)}"
         )
 
-    # Queue events (spec/20 §11).
+    # Queue events.
 
     def sent(self, item_id: str, sender: str, to: str) -> None:
         """A recipient was delivered."""
@@ -296,15 +292,6 @@ class MailLog:
         """A delivery attempt failed; a multi-line error stays on this line, escaped."""
         kind = "permanent" if permanent else "temporary"
         self._write(f"{item_id} from={sender} to={to} failed ({kind}): {error}")
-
-    def send_attempt(
-        self, item_id: str, sender: str, to: str, error: str | None, permanent: bool
-    ) -> None:
-        """Log an attempt's outcome: sent when error is None, failed otherwise."""
-        if error is None:
-            self.sent(item_id, sender, to)
-        else:
-            self.failed(item_id, sender, to, error, permanent)
 
     def queue_loop(self, item_id: str, sender: str, next_delay: float) -> None:
         """An item finished a delivery round and waits next_delay seconds."""

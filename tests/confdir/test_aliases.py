@@ -145,7 +145,7 @@ def test_load_missing_and_long_line(tmp_path: Path) -> None:
         load_aliases(p, "dom", ".", "+")
 
 
-# --- resolution: reference examples of spec/20 §3.6 ------------------------
+# --- resolution: reference examples ---------------------------------------
 
 REFERENCE = """
 pq: pa
@@ -214,7 +214,7 @@ def test_pipes_are_not_expanded() -> None:
     assert resolve(r, "b@dom") == [Recipient("/bin/cmd x, y", PIPE), Recipient("c@remote")]
 
 
-# --- loops and decision 8 ------------------------------------------------
+# --- loops, and an alias listing its own address -------------------------
 
 
 def test_self_listing_alias_keeps_a_copy() -> None:
@@ -244,7 +244,7 @@ def test_depth_nine_is_fine_ten_is_not() -> None:
         resolve(resolver({"dom": chain}), "a0@dom")
 
 
-# --- decision 9: a real user wins over the catch-all ------------------------
+# --- a real user wins over the catch-all ------------------------------------
 
 
 def test_real_user_wins_over_catchall() -> None:

@@ -1,4 +1,4 @@
-"""MDA and pipe couriers against real programs written to tmp_path (spec/20 §6.1-§6.3)."""
+"""MDA and pipe couriers against real programs written to tmp_path."""
 
 from __future__ import annotations
 

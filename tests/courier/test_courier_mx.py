@@ -1,4 +1,4 @@
-"""MX resolution against a real DNS server on loopback (spec/20 §7.2, decision 13)."""
+"""MX resolution against a real DNS server on loopback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The remote SMTP courier against real servers on loopback (spec/20 §7, decision 10).
+"""The remote SMTP courier against real servers on loopback.
 
 Hosts are 127.0.0.N addresses served by the test DNS; each runs aiosmtpd (or
 a hand-written hostile peer) on the port given by CHASQUID_TEST_SMTP_PORT.

@@ -1,4 +1,4 @@
-"""Sender rewriting for forwarded mail (spec/20 §4.9, decision 14)."""
+"""Sender rewriting for forwarded mail."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MTA-STS: policy parsing and matching, HTTPS fetch, durable cache, enforcement (spec/20 §7.6)."""
+"""MTA-STS: policy parsing and matching, HTTPS fetch, durable cache, enforcement."""
 
 from __future__ import annotations
 

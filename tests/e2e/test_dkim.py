@@ -73,7 +73,8 @@ def test_mail_sent_on_587_arrives_signed_and_verified(net: MailNet, tmp_path: Pa
         re.fullmatch(r";dkim=pass  header\.b=\S{12}  header\.d=srv-a\.test", d) for d in dkim
     )
     assert head.count("DKIM-Signature: v=1;") == 2
-    # A's signatures sit below A's Received:, which is not signed (spec order).
+    # A signs the message as it arrived, then adds its Received: above the
+    # signatures, so that field is not covered by them.
     assert head.index("by mx.srv-a.test") < head.index("DKIM-Signature:")
 
     # An independent verifier agrees on the message as delivered.

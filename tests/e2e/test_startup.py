@@ -1,4 +1,4 @@
-"""Start-up of the real daemon: the log lines of spec/30 §1.8 and the fatal errors of §1.9."""
+"""Start-up of the real daemon: its log lines and its fatal errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Two real daemons deliver to each other on loopback hosts (spec/20 §7, §8; spec/10 §9).
+"""Two real daemons deliver to each other on loopback hosts.
 
 A is srv-a.test on 127.0.0.2, B is srv-b.test on 127.0.0.3, both on the same
 SMTP port; DNS, the trusted CA and MTA-STS policies are served by the test.
@@ -238,7 +238,7 @@ def test_idna_domains_both_ways_and_sender_rewriting_in_ascii(net: MailNet) -> N
     assert [m["Subject"] for m in a.mailbox()] == ["ascii address"]
     assert b.level("árbol.test") == "TLS_SECURE"
 
-    # A -> B -> A through an alias: B rewrites the foreign sender (decision 14:
+    # A -> B -> A through an alias: B rewrites the foreign sender (with SRS,
     # its domain goes out in ASCII form; A's reception turns it back to Unicode).
     a.send(["fwd@ñaca.test"], subject="forwarded")
     a.wait_mail(2)

@@ -314,7 +314,7 @@ def test_smtp_courier_delivers_to_postfix_over_verified_starttls(
             courier.deliver_many("someone@sender.interop.test", rcpts, Body.of(data))
         )
     assert results == dict.fromkeys(rcpts, None)
-    # Both recipients in one transaction (decision 10), each in its own Maildir.
+    # Both recipients in one transaction, each in its own Maildir.
     for user in ("alice", "bob"):
         (msg,) = pf.wait_for_messages(user)
         assert msg["Subject"] == "from the courier"

@@ -1,4 +1,4 @@
-"""Local RPC: encoding per spec/30 §2.5 and a real server on a unix socket in tmp_path."""
+"""Local RPC: the params encoding and a real server on a unix socket in tmp_path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DSN construction (spec/20 §5, spec/README.md decision 11)."""
+"""DSN construction."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The delivery loop with real MDA/pipe couriers running scripts in tmp_path (spec/20 §4.7-4.10)."""
+"""The delivery loop with real MDA/pipe couriers running scripts in tmp_path."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def test_connection_lifetime_closes_without_reply(
     c = _connect(srv)
     assert c.cmd("NOOP").startswith("250")
     time.sleep(0.7)
-    # Checked when the loop starts waiting for a command (§4.2): the command
+    # Checked when the loop starts waiting for a command: the command
     # already awaited is served, the next one is not, and gets no reply.
     assert c.cmd("NOOP").startswith("250")
     c.send("NOOP\r\n")
