@@ -115,7 +115,7 @@ def sink_alone_mda(sink: Path, root: Path, messages: int, connections: int) -> f
 
 def sink_alone_lmtp(root: Path, messages: int, connections: int) -> float:
     """Messages/s of the LMTP sink alone, fed by our LMTP courier over `connections`."""
-    from chasquid.courier.lmtp import LMTPCourier
+    from chasquid.daemon.courier.lmtp import LMTPCourier
     from chasquid.msgbody import Body
 
     sink = LMTPSink.start(Path(tempfile.mkdtemp(prefix="lmtp-alone-", dir=root)))

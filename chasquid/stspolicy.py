@@ -1,7 +1,7 @@
 """MTA-STS policies (RFC 8461): parsing, validation, MX matching and the HTTPS fetch.
 
 Shared by the courier (which enforces policies, with discovery and a cache in
-`chasquid.courier.sts`) and by smtp-check (which audits them). Nothing here looks up
+`chasquid.daemon.courier.sts`) and by smtp-check (which audits them). Nothing here looks up
 DNS: callers resolve `mta-sts.<domain>` and pass the addresses.
 """
 

@@ -11,7 +11,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-DAEMON_PACKAGES = {"daemon", "monitoring", "smtpsrv", "queue", "courier", "telemetry"}
+#: chasquid/daemon/ holds everything the daemon alone uses: its own modules (the wiring,
+#: one layer) above its packages, in the order they may import each other.
+DAEMON_WIRING = {"app", "cli", "demo", "listeners", "mainlog", "sdactivation", "snapshot"}
+DAEMON_LAYERS = ["monitoring", "smtpsrv", "queue", "courier", "telemetry"]
 SHARED_PACKAGES = {"confdir", "programs", "localrpc", "mailauth"}
 
 
@@ -25,15 +28,22 @@ def test_every_module_of_chasquid_is_under_a_contract() -> None:
     root = REPO / "chasquid"
     packages = {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
     basics = {f"chasquid.{p.stem}" for p in root.glob("*.py") if p.stem != "__init__"}
-    # A new package must be placed on one side; a new basic module must be listed.
-    assert packages == DAEMON_PACKAGES | SHARED_PACKAGES
+    # A new package is either the daemon's (under daemon/) or shared, and then listed;
+    # so is a new basic module.
+    assert packages == SHARED_PACKAGES | {"daemon"}
+    daemon = root / "daemon"
+    assert {p.stem for p in daemon.glob("*.py") if p.stem != "__init__"} == DAEMON_WIRING
+    assert {p.name for p in daemon.iterdir() if (p / "__init__.py").exists()} == set(DAEMON_LAYERS)
     [layers] = [c for c in contracts() if c["type"] == "layers"]
-    assert set(layers["layers"]) == {f"chasquid.{p}" for p in DAEMON_PACKAGES}
+    assert layers["containers"] == ["chasquid.daemon"]
+    top, *below = layers["layers"]
+    assert {m.strip() for m in top.split(":")} == DAEMON_WIRING
+    assert below == DAEMON_LAYERS
     shared, tools, only_basics = [c for c in contracts() if c["type"] == "forbidden"]
     assert set(shared["source_modules"]) == basics | {f"chasquid.{p}" for p in SHARED_PACKAGES}
     assert set(only_basics["source_modules"]) == basics
     for contract in (shared, tools):
-        assert set(contract["forbidden_modules"]) == {f"chasquid.{p}" for p in DAEMON_PACKAGES}
+        assert contract["forbidden_modules"] == ["chasquid.daemon"]
 
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -61,16 +71,25 @@ def test_lint_imports_fails_when_a_tool_reaches_the_queue_engine(tmp_path: Path)
     tree = copy_tree(tmp_path)
     assert lint_imports(tree).returncode == 0
     with (tree / "chasquid_util" / "cli.py").open("a") as f:
-        f.write("\nimport chasquid.queue.delivery  # noqa\n")
+        f.write("\nimport chasquid.daemon.queue.delivery  # noqa\n")
     result = lint_imports(tree)
     assert result.returncode == 1
-    assert "chasquid_util.cli -> chasquid.queue.delivery" in result.stdout
+    assert "chasquid_util.cli -> chasquid.daemon.queue.delivery" in result.stdout
 
 
 def test_lint_imports_fails_when_a_courier_imports_the_queue(tmp_path: Path) -> None:
     tree = copy_tree(tmp_path)
-    with (tree / "chasquid" / "courier" / "mda.py").open("a") as f:
-        f.write("\nfrom chasquid.queue import item  # noqa\n")
+    with (tree / "chasquid" / "daemon" / "courier" / "mda.py").open("a") as f:
+        f.write("\nfrom chasquid.daemon.queue import item  # noqa\n")
     result = lint_imports(tree)
     assert result.returncode == 1
-    assert "chasquid.courier.mda -> chasquid.queue" in result.stdout
+    assert "chasquid.daemon.courier.mda -> chasquid.daemon.queue" in result.stdout
+
+
+def test_lint_imports_fails_when_reception_imports_the_wiring(tmp_path: Path) -> None:
+    tree = copy_tree(tmp_path)
+    with (tree / "chasquid" / "daemon" / "smtpsrv" / "server.py").open("a") as f:
+        f.write("\nfrom chasquid.daemon import app  # noqa\n")
+    result = lint_imports(tree)
+    assert result.returncode == 1
+    assert "chasquid.daemon.smtpsrv.server -> chasquid.daemon.app" in result.stdout

@@ -39,30 +39,35 @@ from chasquid.confdir.config import Config, ConfigError, load
 from chasquid.confdir.domaininfo import DomainInfoStore
 from chasquid.confdir.domains import Domains, load_domains
 from chasquid.confdir.layout import STS_CACHE_DIR_MODE, ConfigDir, DataDir, data_dir_for
-from chasquid.courier.smtp import SMTPCourier
-from chasquid.courier.sts import StsCache
 from chasquid.daemon import sdactivation
+from chasquid.daemon.courier.smtp import SMTPCourier
+from chasquid.daemon.courier.sts import StsCache
 from chasquid.daemon.listeners import Listener, ListenError, bind_tcp, plan_listeners
 from chasquid.daemon.mainlog import MainLog
+from chasquid.daemon.monitoring.server import MonitoringServer, is_loopback_address
+from chasquid.daemon.monitoring.sources import BuildInfo, Flag, Sources
+from chasquid.daemon.queue import admin
+from chasquid.daemon.queue.delivery import (
+    DEFAULT_RETRY_SCHEDULE,
+    Delivery,
+    couriers_for,
+    start_delivery,
+)
+from chasquid.daemon.queue.queue import Queue, QueueError
+from chasquid.daemon.queue.store import QueueStore
+from chasquid.daemon.smtpsrv.auth import Authenticator
+from chasquid.daemon.smtpsrv.certs import Certificates, load_certificates
+from chasquid.daemon.smtpsrv.dovecot import DovecotAuth, DovecotError
+from chasquid.daemon.smtpsrv.server import Mode, ReceptionContext, start_server
 from chasquid.daemon.snapshot import Snapshot
+from chasquid.daemon.telemetry import metrics
+from chasquid.daemon.telemetry.maillog import SPECIAL_DESTINATIONS, MailLog, MailLogError
+from chasquid.daemon.telemetry.metrics import Counters
+from chasquid.daemon.telemetry.trace import Tracer
 from chasquid.durations import format_duration
 from chasquid.errors import ChasquidError, os_reason
 from chasquid.goquote import go_list, go_quote
 from chasquid.localrpc import server as localrpc
-from chasquid.monitoring.server import MonitoringServer, is_loopback_address
-from chasquid.monitoring.sources import BuildInfo, Flag, Sources
-from chasquid.queue import admin
-from chasquid.queue.delivery import DEFAULT_RETRY_SCHEDULE, Delivery, couriers_for, start_delivery
-from chasquid.queue.queue import Queue, QueueError
-from chasquid.queue.store import QueueStore
-from chasquid.smtpsrv.auth import Authenticator
-from chasquid.smtpsrv.certs import Certificates, load_certificates
-from chasquid.smtpsrv.dovecot import DovecotAuth, DovecotError
-from chasquid.smtpsrv.server import Mode, ReceptionContext, start_server
-from chasquid.telemetry import metrics
-from chasquid.telemetry.maillog import SPECIAL_DESTINATIONS, MailLog, MailLogError
-from chasquid.telemetry.metrics import Counters
-from chasquid.telemetry.trace import Tracer
 from chasquid.version import source_date
 
 log = logging.getLogger("chasquid.daemon")

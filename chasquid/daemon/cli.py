@@ -30,7 +30,7 @@ from chasquid.version import version_option
 if TYPE_CHECKING:
     from chasquid.daemon.app import DaemonOptions
     from chasquid.daemon.mainlog import MainLog
-    from chasquid.monitoring.sources import Flag
+    from chasquid.daemon.monitoring.sources import Flag
 
 log = logging.getLogger("chasquid.daemon")
 
@@ -308,7 +308,7 @@ def raise_fd_limit() -> None:
 
 def given_flags(ctx: click.Context) -> tuple[Flag, ...]:
     """Every flag's value as a command line spells it, and whether it was on the command line."""
-    from chasquid.monitoring.sources import Flag
+    from chasquid.daemon.monitoring.sources import Flag
 
     flags = []
     for param in ctx.command.params:
@@ -331,7 +331,7 @@ def _retry_schedule(text: str) -> tuple[float, ...]:
     """The --testing__retry_schedule value; () (the default schedule) when empty."""
     if not text:
         return ()
-    from chasquid.queue.delivery import parse_retry_schedule
+    from chasquid.daemon.queue.delivery import parse_retry_schedule
 
     try:
         return parse_retry_schedule(text)

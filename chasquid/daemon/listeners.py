@@ -13,9 +13,9 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from chasquid.daemon.smtpsrv.server import Mode
+from chasquid.daemon.telemetry.maillog import format_client
 from chasquid.errors import ChasquidError, os_reason
-from chasquid.smtpsrv.server import Mode
-from chasquid.telemetry.maillog import format_client
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """chasquid-util's side of queue administration: list, show, flush and remove over the local RPC.
 
-The daemon answers with chasquid.queue.admin; items come back as JSON views
+The daemon answers with chasquid.daemon.queue.admin; items come back as JSON views
 without their message body.
 """
 

@@ -12,8 +12,8 @@ import pytest
 from aiosmtpd.lmtp import LMTP
 from helpers.bigbody import big_body, crlf
 
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.lmtp import LMTPCourier, parse_address
+from chasquid.daemon.courier.base import DeliveryError
+from chasquid.daemon.courier.lmtp import LMTPCourier, parse_address
 from chasquid.msgbody import Body
 
 

@@ -12,9 +12,9 @@ import pytest
 from helpers.bigbody import big_body, crlf
 from helpers.programs import python_script
 
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.mda import MDACourier, sanitize, substitute_args
-from chasquid.courier.pipe import PipeCourier
+from chasquid.daemon.courier.base import DeliveryError
+from chasquid.daemon.courier.mda import MDACourier, sanitize, substitute_args
+from chasquid.daemon.courier.pipe import PipeCourier
 from chasquid.msgbody import Body
 
 DATA = b"Subject: hi\n\nline 1\r\nline 2\n\nlast"

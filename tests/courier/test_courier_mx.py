@@ -8,8 +8,8 @@ import random
 import pytest
 from helpers.smtppeers import Net
 
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.mx import lookup_mx, order_by_preference, resolve_host
+from chasquid.daemon.courier.base import DeliveryError
+from chasquid.daemon.courier.mx import lookup_mx, order_by_preference, resolve_host
 
 
 def lookup(domain: str) -> list[str]:

@@ -16,10 +16,10 @@ from helpers.bigbody import big_body, crlf
 from helpers.smtppeers import Handler, Net, raw_server, smtp_server
 
 from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
-from chasquid.courier.base import DeliveryError, Results
-from chasquid.courier.smtp import SMTPCourier, Timeouts
+from chasquid.daemon.courier.base import DeliveryError, Results
+from chasquid.daemon.courier.smtp import SMTPCourier, Timeouts
+from chasquid.daemon.telemetry import metrics
 from chasquid.msgbody import Body
-from chasquid.telemetry import metrics
 
 MSG = b"Subject: hi\n\nline one\n.leading dot\n..two dots\nlast"
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from helpers.smtppeers import Handler, Net, smtp_server
 
+from chasquid.daemon.telemetry import metrics
 from chasquid.msgbody import Body
-from chasquid.telemetry import metrics
 from chasquid.tlsprofile import CLIENT_FALLBACK_CIPHERS, INTERMEDIATE_CIPHERS
 
 TLS13_SUITES = {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chasquid.courier.srs import forward_sender
+from chasquid.daemon.courier.srs import forward_sender
 
 
 def test_rewrites_sender_into_the_original_address() -> None:

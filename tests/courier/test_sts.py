@@ -11,11 +11,16 @@ import pytest
 import trustme
 from helpers.smtppeers import Handler, Net, http_response, https_server, smtp_server
 
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.sts import cache_file_name, fetch_policy, policy_from_json, policy_to_json
+from chasquid.daemon.courier.base import DeliveryError
+from chasquid.daemon.courier.sts import (
+    cache_file_name,
+    fetch_policy,
+    policy_from_json,
+    policy_to_json,
+)
+from chasquid.daemon.telemetry import metrics
 from chasquid.msgbody import Body
 from chasquid.stspolicy import Policy, StsError, mx_matches, parse_policy
-from chasquid.telemetry import metrics
 
 POLICY = "version: STSv1\nmode: enforce\nmx: mx1.dest.test\nmx: *.backup.test\nmax_age: 86400\n"
 

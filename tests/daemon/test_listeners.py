@@ -15,7 +15,7 @@ from chasquid.daemon.listeners import (
     plan_listeners,
     split_host_port,
 )
-from chasquid.smtpsrv.server import Mode
+from chasquid.daemon.smtpsrv.server import Mode
 
 
 def test_split_host_port() -> None:

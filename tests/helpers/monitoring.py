@@ -21,13 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 from chasquid.confdir.config import Config
-from chasquid.monitoring.server import DEFAULT_LIMITS, Limits, MonitoringServer
-from chasquid.monitoring.sources import BuildInfo, Flag, Sources
+from chasquid.daemon.monitoring.server import DEFAULT_LIMITS, Limits, MonitoringServer
+from chasquid.daemon.monitoring.sources import BuildInfo, Flag, Sources
+from chasquid.daemon.queue.item import QueuedRecipient, QueueItem
+from chasquid.daemon.telemetry import metrics
+from chasquid.daemon.telemetry.metrics import Counters
+from chasquid.daemon.telemetry.trace import Trace, Tracer
 from chasquid.msgbody import Body
-from chasquid.queue.item import QueuedRecipient, QueueItem
-from chasquid.telemetry import metrics
-from chasquid.telemetry.metrics import Counters
-from chasquid.telemetry.trace import Trace, Tracer
 from helpers.daemon import Daemon, Setup
 
 T = TypeVar("T")

@@ -23,12 +23,12 @@ from chasquid.confdir.domaininfo import DomainInfoStore
 from chasquid.confdir.domains import Domains, load_domains
 from chasquid.confdir.layout import ConfigDir
 from chasquid.confdir.userdb import UserDB
-from chasquid.queue.queue import Queue
-from chasquid.queue.store import QueueStore
-from chasquid.smtpsrv.certs import load_certificates
-from chasquid.smtpsrv.server import Mode, ReceptionContext, start_server
-from chasquid.telemetry.maillog import MailLog
-from chasquid.telemetry.metrics import Counters
+from chasquid.daemon.queue.queue import Queue
+from chasquid.daemon.queue.store import QueueStore
+from chasquid.daemon.smtpsrv.certs import load_certificates
+from chasquid.daemon.smtpsrv.server import Mode, ReceptionContext, start_server
+from chasquid.daemon.telemetry.maillog import MailLog
+from chasquid.daemon.telemetry.metrics import Counters
 from helpers.confdirs import write_conf
 from helpers.dns import dns_server
 from helpers.programs import executable

@@ -19,9 +19,9 @@ import trustme
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from chasquid.confdir.domaininfo import DomainInfoStore
-from chasquid.courier.smtp import SMTPCourier, Timeouts
-from chasquid.courier.sts import StsCache
-from chasquid.telemetry.metrics import Counters
+from chasquid.daemon.courier.smtp import SMTPCourier, Timeouts
+from chasquid.daemon.courier.sts import StsCache
+from chasquid.daemon.telemetry.metrics import Counters
 from helpers.ports import free_port
 
 HOSTS = [f"127.0.0.{n}" for n in range(2, 10)]

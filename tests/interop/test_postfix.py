@@ -296,7 +296,7 @@ def test_smtp_courier_delivers_to_postfix_over_verified_starttls(
 ) -> None:
     """The remote courier on its own (no daemon): MX via test DNS, STARTTLS, verified cert."""
     from chasquid.confdir.domaininfo import DomainInfoStore, SecLevel
-    from chasquid.courier.smtp import SMTPCourier
+    from chasquid.daemon.courier.smtp import SMTPCourier
 
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"

@@ -12,7 +12,7 @@ from helpers.browser import chromium, screenshot_dir  # noqa: F401
 from helpers.monitoring import HOSTILE, Feed, InProcess, Items, Served, conversation, queue_item
 from playwright.sync_api import Browser, Dialog, Page
 
-from chasquid.queue.item import QueuedRecipient, RecipientStatus
+from chasquid.daemon.queue.item import QueuedRecipient, RecipientStatus
 
 
 @pytest.fixture

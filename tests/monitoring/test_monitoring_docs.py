@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from chasquid.monitoring.exposition import SOURCE_DATE_TIMESTAMP, metric_name
-from chasquid.telemetry import metrics
+from chasquid.daemon.monitoring.exposition import SOURCE_DATE_TIMESTAMP, metric_name
+from chasquid.daemon.telemetry import metrics
 
 DOC = Path(__file__).resolve().parent.parent.parent / "docs" / "monitoring.md"
 

@@ -11,10 +11,10 @@ import pytest
 from helpers.monitoring import InProcess
 
 from chasquid.confdir.config import Config
-from chasquid.monitoring.server import Limits
-from chasquid.monitoring.sources import BuildInfo, Sources
-from chasquid.telemetry.metrics import Counters
-from chasquid.telemetry.trace import Tracer
+from chasquid.daemon.monitoring.server import Limits
+from chasquid.daemon.monitoring.sources import BuildInfo, Sources
+from chasquid.daemon.telemetry.metrics import Counters
+from chasquid.daemon.telemetry.trace import Tracer
 
 LIMITS = Limits(max_line=4096, max_headers=32, request_deadline=1.0, max_connections=4)
 

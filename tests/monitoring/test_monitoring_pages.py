@@ -23,9 +23,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from prometheus_client.parser import text_string_to_metric_families as classic_families
 
 from chasquid.confdir.aliases import RecipientKind
-from chasquid.queue.item import QueuedRecipient, RecipientStatus
-from chasquid.telemetry import metrics
-from chasquid.telemetry.trace import Trace
+from chasquid.daemon.queue.item import QueuedRecipient, RecipientStatus
+from chasquid.daemon.telemetry import metrics
+from chasquid.daemon.telemetry.trace import Trace
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 

@@ -10,8 +10,7 @@ from email.policy import default
 from helpers.mail import parse_message
 
 from chasquid.confdir.aliases import RecipientKind
-from chasquid.msgbody import Body
-from chasquid.queue.dsn import (
+from chasquid.daemon.queue.dsn import (
     MAX_ORIGINAL_DATA,
     build_dsn,
     format_date,
@@ -19,7 +18,8 @@ from chasquid.queue.dsn import (
     original_message_id,
     reporting_domain,
 )
-from chasquid.queue.item import QueuedRecipient, QueueItem, RecipientStatus
+from chasquid.daemon.queue.item import QueuedRecipient, QueueItem, RecipientStatus
+from chasquid.msgbody import Body
 
 NOW = datetime(2024, 3, 5, 14, 7, 9, tzinfo=timezone(timedelta(hours=-3)))
 ORIG = b"From: a@x\nTo: b@y\nMessage-ID: <orig-1@x>\nSubject: hi\n\nbody line\n"

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from helpers.programs import shell_script
 
-from chasquid.msgbody import Body, FileRange
-from chasquid.queue import (
+from chasquid.daemon.queue import (
     Queue,
     QueuedRecipient,
     QueueError,
@@ -28,10 +27,11 @@ from chasquid.queue import (
     RecipientStatus,
     new_id,
 )
-from chasquid.queue.item import EPOCH, QueueFormatError, read_item
-from chasquid.queue.store import QueueStoreError, StoreOp
-from chasquid.telemetry import metrics
-from chasquid.telemetry.metrics import Counters
+from chasquid.daemon.queue.item import EPOCH, QueueFormatError, read_item
+from chasquid.daemon.queue.store import QueueStoreError, StoreOp
+from chasquid.daemon.telemetry import metrics
+from chasquid.daemon.telemetry.metrics import Counters
+from chasquid.msgbody import Body, FileRange
 
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 

@@ -15,21 +15,21 @@ from helpers.mail import parse_message
 from helpers.programs import shell_script
 
 from chasquid.confdir.aliases import Recipient, RecipientKind
-from chasquid.courier.base import DeliveryError
-from chasquid.courier.mda import MDACourier
-from chasquid.courier.pipe import PipeCourier
-from chasquid.msgbody import Body
-from chasquid.queue.delivery import (
+from chasquid.daemon.courier.base import DeliveryError
+from chasquid.daemon.courier.mda import MDACourier
+from chasquid.daemon.courier.pipe import PipeCourier
+from chasquid.daemon.queue.delivery import (
     Couriers,
     Delivery,
     next_delay,
     parse_retry_schedule,
     start_delivery,
 )
-from chasquid.queue.queue import Queue
-from chasquid.queue.store import QueueStore
-from chasquid.telemetry import metrics
-from chasquid.telemetry.maillog import MailLog
+from chasquid.daemon.queue.queue import Queue
+from chasquid.daemon.queue.store import QueueStore
+from chasquid.daemon.telemetry import metrics
+from chasquid.daemon.telemetry.maillog import MailLog
+from chasquid.msgbody import Body
 
 LOCAL = {"local.test", "ñandú.test"}
 MESSAGE = b"Subject: hi\nMessage-ID: <orig@x>\n\nline one\nline two\n"
@@ -258,7 +258,7 @@ async def test_give_up_sends_dsn_with_pending_recipient(tmp_path: Path) -> None:
 async def test_old_item_at_load_gets_no_attempt_only_dsn(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from chasquid.queue.item import QueuedRecipient, QueueItem
+    from chasquid.daemon.queue.item import QueuedRecipient, QueueItem
 
     store = QueueStore(tmp_path / "queue")
     store.ensure()
@@ -428,7 +428,7 @@ class LMTPRecorder:
 async def test_local_recipients_of_an_item_share_one_lmtp_transaction(tmp_path: Path) -> None:
     from aiosmtpd.lmtp import LMTP
 
-    from chasquid.courier.lmtp import LMTPCourier
+    from chasquid.daemon.courier.lmtp import LMTPCourier
 
     handler = LMTPRecorder()
     loop = asyncio.get_running_loop()

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.queue import QueueStore
+from chasquid.daemon.queue import QueueStore
 
 # Puts items forever (bounded by the parent), printing each id as soon as put
 # returns; the parent kills it with SIGKILL without warning.
 PUTTER = r"""
 import asyncio, sys
 from dataclasses import dataclass
-from chasquid.queue import Queue, QueueStore
+from chasquid.daemon.queue import Queue, QueueStore
 
 @dataclass(frozen=True)
 class R:

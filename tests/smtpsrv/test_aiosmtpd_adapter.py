@@ -1,7 +1,7 @@
 """The seam to aiosmtpd: the internals it reaches are there, and the adapter behaves.
 
 When a new aiosmtpd release moves one of these internals, the first test
-names it: change chasquid/smtpsrv/aiosmtpd_adapter.py (and only it) to follow,
+names it: change chasquid/daemon/smtpsrv/aiosmtpd_adapter.py (and only it) to follow,
 then widen the pin in pyproject.toml.
 """
 
@@ -20,7 +20,7 @@ import aiosmtpd.smtp
 import pytest
 import trustme
 
-from chasquid.smtpsrv.aiosmtpd_adapter import ProtocolAdapter
+from chasquid.daemon.smtpsrv.aiosmtpd_adapter import ProtocolAdapter
 
 #: The releases the adapter was tested with (pyproject.toml pins the same).
 TESTED = ("1.4.6",)
@@ -29,7 +29,7 @@ TESTED = ("1.4.6",)
 def test_installed_aiosmtpd_is_a_tested_release() -> None:
     assert version("aiosmtpd") in TESTED, (
         f"aiosmtpd {version('aiosmtpd')} is not among {TESTED}: run this file's tests, "
-        "adapt chasquid/smtpsrv/aiosmtpd_adapter.py, then add the release here"
+        "adapt chasquid/daemon/smtpsrv/aiosmtpd_adapter.py, then add the release here"
     )
 
 

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from chasquid.confdir.userdb import UserDB
+from chasquid.daemon.smtpsrv.auth import MIN_DURATION, AuthBackendError, Authenticator
 from chasquid.errors import ChasquidError
-from chasquid.smtpsrv.auth import MIN_DURATION, AuthBackendError, Authenticator
 
 
 class Fallback:

@@ -14,7 +14,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chasquid.smtpsrv.certnames import certificate_names, first_pem_certificate
+from chasquid.daemon.smtpsrv.certnames import certificate_names, first_pem_certificate
 
 KEY = ec.generate_private_key(ec.SECP256R1())
 

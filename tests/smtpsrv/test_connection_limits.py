@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from helpers.reception import Running
 
-from chasquid.telemetry import metrics
+from chasquid.daemon.telemetry import metrics
 
 MakeServer = Callable[..., Running]
 REFUSED = b"421 4.7.0 Too many connections, try again later\r\n"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chasquid.smtpsrv.dataread import BadLineEnding, DataReader
+from chasquid.daemon.smtpsrv.dataread import BadLineEnding, DataReader
 
 
 def stuff(lines: list[bytes]) -> bytes:

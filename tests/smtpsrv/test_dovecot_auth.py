@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers.dovecot import Dovecot, dovecot_factory
 
-from chasquid.smtpsrv.dovecot import DovecotAuth, DovecotError, Limits
+from chasquid.daemon.smtpsrv.dovecot import DovecotAuth, DovecotError, Limits
 
 __all__ = ["dovecot_factory"]
 

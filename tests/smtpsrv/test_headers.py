@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from chasquid.smtpsrv import headers
-from chasquid.smtpsrv.address import AddressError, parse_address
-from chasquid.smtpsrv.proxyproto import ProxyError, parse_proxy_line
+from chasquid.daemon.smtpsrv import headers
+from chasquid.daemon.smtpsrv.address import AddressError, parse_address
+from chasquid.daemon.smtpsrv.proxyproto import ProxyError, parse_proxy_line
 
 
 def test_received_authenticated_tls_hides_ip() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers.programs import executable
 
+from chasquid.daemon.smtpsrv.posthook import hook_env, run_post_data
 from chasquid.msgbody import Body
 from chasquid.programs.process import ProgramStartError, run_program
-from chasquid.smtpsrv.posthook import hook_env, run_post_data
 
 
 def test_hook_env_values_never_carry_a_nul(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from helpers.dns import dns_server
 from helpers.rawclient import RawClient
 from helpers.reception import HOSTNAME, PASSWORD, Running
 
-from chasquid.smtpsrv.server import Mode
-from chasquid.telemetry import metrics
+from chasquid.daemon.smtpsrv.server import Mode
+from chasquid.daemon.telemetry import metrics
 
 MakeServer = Callable[..., Running]
 

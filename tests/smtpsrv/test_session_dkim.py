@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chasquid.confdir.dkimkeys import DKIMKey, DKIMKeys
+from chasquid.daemon.telemetry import metrics
 from chasquid.mailauth.dkimsign import sign
-from chasquid.telemetry import metrics
 
 MakeServer = Callable[..., Running]
 DOMAIN_DIR = ("domains", "example.com")

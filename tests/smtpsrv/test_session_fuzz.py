@@ -12,7 +12,7 @@ from helpers.reception import HOSTNAME, Running
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chasquid.smtpsrv.server import Mode
+from chasquid.daemon.smtpsrv.server import Mode
 
 MakeServer = Callable[..., Running]
 

@@ -12,7 +12,7 @@ import pytest
 from helpers.rawclient import RawClient
 from helpers.reception import HOSTNAME, Running
 
-from chasquid.smtpsrv.server import Mode
+from chasquid.daemon.smtpsrv.server import Mode
 
 MakeServer = Callable[..., Running]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from helpers.rawclient import RawClient
 from helpers.reception import Running
 
+from chasquid.daemon.queue.store import QueueStore
+from chasquid.daemon.smtpsrv.spool import MEMORY_LIMIT, Spool
 from chasquid.msgbody import FileRange
-from chasquid.queue.store import QueueStore
-from chasquid.smtpsrv.spool import MEMORY_LIMIT, Spool
 
 MakeServer = Callable[..., Running]
 BIG = b"Subject: big\r\n\r\n" + (b"y" * 78 + b"\r\n") * 20000  # 1.5 MiB

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers.requirements import unavailable
 
-from chasquid.telemetry.maillog import MailLog, MailLogError, format_client
+from chasquid.daemon.telemetry.maillog import MailLog, MailLogError, format_client
 
 STAMP = datetime(2025, 6, 3, 10, 11, 12, 345678)
 PREFIX = "2025-06-03 10:11:12.345678 "
@@ -206,7 +206,7 @@ def test_write_failure_is_reported_once(tmp_path: Path, caplog: pytest.LogCaptur
 @pytest.mark.parametrize(("dest", "stream"), [("<stdout>", "stdout"), ("<stderr>", "stderr")])
 def test_standard_streams(dest: str, stream: str) -> None:
     code = (
-        "from chasquid.telemetry.maillog import MailLog\n"
+        "from chasquid.daemon.telemetry.maillog import MailLog\n"
         f"ml = MailLog.open({dest!r})\n"
         "ml.queued(('192.0.2.7', 1), 'a@b', ['c@d'], 'q1w2e3r4t5y')\n"
         "ml.sent('q1w2e3r4t5y', 'a@b', 'c@d')\n"

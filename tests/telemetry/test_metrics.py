@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from chasquid.telemetry import metrics
-from chasquid.telemetry.metrics import CATALOGUE, Counters
+from chasquid.daemon.telemetry import metrics
+from chasquid.daemon.telemetry.metrics import CATALOGUE, Counters
 
 PACKAGE = Path(metrics.__file__).resolve().parents[1]
 

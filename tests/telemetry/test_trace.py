@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from chasquid.telemetry import trace as tr
-from chasquid.telemetry.trace import (
+from chasquid.daemon.telemetry import trace as tr
+from chasquid.daemon.telemetry.trace import (
     ACTIVE_BUCKET,
     BUCKETS,
     ERRORS_BUCKET,

@@ -1,7 +1,0 @@
-"""Delivery of one message to one recipient: local MDA, pipe aliases, LMTP, remote SMTP."""
-
-from __future__ import annotations
-
-from chasquid.courier.base import Courier, DeliveryError
-
-__all__ = ["Courier", "DeliveryError"]
