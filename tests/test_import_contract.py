@@ -9,6 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 #: chasquid/daemon/ holds everything the daemon alone uses: its own modules (the wiring,
@@ -67,29 +69,50 @@ def copy_tree(tmp_path: Path) -> Path:
     return tree
 
 
-def test_lint_imports_fails_when_a_tool_reaches_the_queue_engine(tmp_path: Path) -> None:
+def lint_with_import(tmp_path: Path, module: str, statement: str) -> str:
+    """lint-imports on a copy of the tree where ``module`` also runs ``statement``: its report.
+
+    The copy passes before the change, and must fail after it.
+    """
     tree = copy_tree(tmp_path)
     assert lint_imports(tree).returncode == 0
-    with (tree / "chasquid_util" / "cli.py").open("a") as f:
-        f.write("\nimport chasquid.daemon.queue.delivery  # noqa\n")
+    with (tree / (module.replace(".", "/") + ".py")).open("a") as f:
+        f.write(f"\n{statement}  # noqa\n")
     result = lint_imports(tree)
-    assert result.returncode == 1
-    assert "chasquid_util.cli -> chasquid.daemon.queue.delivery" in result.stdout
+    assert result.returncode == 1, result.stdout
+    return result.stdout
 
 
-def test_lint_imports_fails_when_a_courier_imports_the_queue(tmp_path: Path) -> None:
-    tree = copy_tree(tmp_path)
-    with (tree / "chasquid" / "daemon" / "courier" / "mda.py").open("a") as f:
-        f.write("\nfrom chasquid.daemon.queue import item  # noqa\n")
-    result = lint_imports(tree)
-    assert result.returncode == 1
-    assert "chasquid.daemon.courier.mda -> chasquid.daemon.queue" in result.stdout
-
-
-def test_lint_imports_fails_when_reception_imports_the_wiring(tmp_path: Path) -> None:
-    tree = copy_tree(tmp_path)
-    with (tree / "chasquid" / "daemon" / "smtpsrv" / "server.py").open("a") as f:
-        f.write("\nfrom chasquid.daemon import app  # noqa\n")
-    result = lint_imports(tree)
-    assert result.returncode == 1
-    assert "chasquid.daemon.smtpsrv.server -> chasquid.daemon.app" in result.stdout
+@pytest.mark.parametrize(
+    ("module", "statement", "reported"),
+    [
+        pytest.param(
+            "chasquid_util.cli",
+            "import chasquid.daemon.queue.delivery",
+            "chasquid_util.cli -> chasquid.daemon.queue.delivery",
+            id="a tool reaches the queue engine",
+        ),
+        pytest.param(
+            "chasquid.daemon.courier.mda",
+            "from chasquid.daemon.queue import item",
+            "chasquid.daemon.courier.mda -> chasquid.daemon.queue",
+            id="a courier imports the queue",
+        ),
+        pytest.param(
+            "chasquid.daemon.smtpsrv.server",
+            "from chasquid.daemon import app",
+            "chasquid.daemon.smtpsrv.server -> chasquid.daemon.app",
+            id="reception imports the wiring",
+        ),
+        pytest.param(
+            "chasquid.confdir.domains",
+            "from chasquid.daemon.telemetry import metrics",
+            "chasquid.confdir.domains -> chasquid.daemon.telemetry",
+            id="the shared library imports the daemon",
+        ),
+    ],
+)
+def test_lint_imports_fails_on_an_import_across(
+    tmp_path: Path, module: str, statement: str, reported: str
+) -> None:
+    assert reported in lint_with_import(tmp_path, module, statement)

@@ -39,6 +39,7 @@ import pytest
 
 from chasquid.selfsigned import self_signed
 from helpers.instances import instance_factory, running_instance
+from helpers.mail import wait_for
 from helpers.requirements import unavailable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -344,17 +345,15 @@ class Dovecot:
 
     def wait_for_messages(self, address: str, count: int = 1, timeout: float = 30.0) -> list[bytes]:
         """Wait until a user's INBOX holds ``count`` messages; those messages."""
-        deadline = time.monotonic() + timeout
-        while True:
-            msgs = self.messages(address)
-            if len(msgs) >= count:
-                return msgs
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{len(msgs)} of {count} messages for {address} after {timeout}s\n"
-                    f"{self.diagnostics()}"
-                )
-            time.sleep(0.05)
+        return wait_for(
+            lambda: self.messages(address),
+            lambda msgs: len(msgs) >= count,
+            timeout=timeout,
+            failure=lambda msgs: (
+                f"{len(msgs)} of {count} messages for {address} after {timeout}s\n"
+                f"{self.diagnostics()}"
+            ),
+        )
 
 
 def _accepts(path: Path) -> bool:

@@ -8,6 +8,9 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def parse_message(data: bytes) -> EmailMessage:
@@ -41,10 +44,29 @@ def maildir_senders(root: Path, user: str) -> list[str]:
     return [p.read_text() for p in sorted(d.iterdir())] if d.exists() else []
 
 
+def wait_for(
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    failure: Callable[[T], str],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+) -> T:
+    """Call ``fetch`` until ``done`` holds for what it returns, and return that.
+
+    After ``timeout`` seconds, fail with ``failure`` of the last value.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(failure(value))
+        time.sleep(interval)
+
+
 def wait_until(cond: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
     """Poll ``cond`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    message = f"timed out after {timeout}s waiting for {what}"
+    wait_for(cond, bool, timeout=timeout, failure=lambda _: message)

@@ -40,7 +40,7 @@ import pytest
 import trustme
 
 from helpers.instances import instance_factory, running_instance
-from helpers.mail import parse_message
+from helpers.mail import parse_message, wait_for
 from helpers.ports import free_port
 from helpers.requirements import unavailable
 
@@ -342,17 +342,16 @@ class Postfix:
         self, user: str = "alice", count: int = 1, timeout: float = 30.0
     ) -> list[EmailMessage]:
         """Wait until a user's Maildir holds ``count`` messages; those messages."""
-        deadline = time.monotonic() + timeout
-        while True:
-            msgs = self.messages(user)
-            if len(msgs) >= count:
-                return msgs
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"{len(msgs)} of {count} messages for {user} in Postfix's Maildir after "
-                    f"{timeout}s\nqueue:\n{self.queue_listing()}\nlog:\n{self.log_text()}"
-                )
-            time.sleep(0.1)
+        return wait_for(
+            lambda: self.messages(user),
+            lambda msgs: len(msgs) >= count,
+            timeout=timeout,
+            interval=0.1,
+            failure=lambda msgs: (
+                f"{len(msgs)} of {count} messages for {user} in Postfix's Maildir after "
+                f"{timeout}s\nqueue:\n{self.queue_listing()}\nlog:\n{self.log_text()}"
+            ),
+        )
 
 
 def _alive(pid: int) -> bool:

@@ -2,7 +2,7 @@
 
 tests/smtpsrv/conftest.py imports the fixtures:
 
-    from helpers.reception import ca, make_server, no_real_dns  # noqa: F401
+    from helpers.reception import ca, conn, make_server, no_real_dns, srv
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from chasquid.daemon.telemetry.metrics import Counters
 from helpers.confdirs import write_conf
 from helpers.dns import dns_server
 from helpers.programs import executable
+from helpers.rawclient import RawClient
 
 HOSTNAME = "mx.example.com"
 PASSWORD = "secret-pass"
@@ -178,3 +179,18 @@ def make_server(tmp_path: Path, ca: trustme.CA) -> Iterator[Callable[..., Runnin
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
+
+
+@pytest.fixture
+def srv(make_server: Callable[..., Running]) -> Running:
+    """A server in SMTP mode with the default configuration."""
+    return make_server()
+
+
+@pytest.fixture
+def conn(srv: Running) -> Iterator[RawClient]:
+    """A raw client connected to ``srv``, past the greeting."""
+    c = RawClient(srv.port)
+    assert c.reply() == f"220 {HOSTNAME} ESMTP chasquid"
+    yield c
+    c.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import smtplib
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from helpers.dns import dns_server
@@ -16,19 +16,6 @@ from chasquid.daemon.smtpsrv.server import Mode
 from chasquid.daemon.telemetry import metrics
 
 MakeServer = Callable[..., Running]
-
-
-@pytest.fixture
-def srv(make_server: MakeServer) -> Running:
-    return make_server()
-
-
-@pytest.fixture
-def conn(srv: Running) -> Iterator[RawClient]:
-    c = RawClient(srv.port)
-    assert c.reply() == f"220 {HOSTNAME} ESMTP chasquid"
-    yield c
-    c.close()
 
 
 def code(reply: str) -> str:

@@ -149,11 +149,6 @@ _fields = st.sampled_from(
 )
 
 
-@pytest.fixture
-def srv(make_server: MakeServer) -> Running:
-    return make_server()
-
-
 @settings(
     max_examples=60,
     deadline=None,

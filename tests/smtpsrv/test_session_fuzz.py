@@ -34,11 +34,6 @@ def _assert_well_formed(lines: list[bytes]) -> None:
 
 
 @pytest.fixture
-def srv(make_server: MakeServer) -> Running:
-    return make_server()
-
-
-@pytest.fixture
 def no_traces(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     caplog.set_level(logging.INFO)
     yield

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 from helpers.rawclient import RawClient
 from helpers.reception import HOSTNAME, PASSWORD, Running
 
 MakeServer = Callable[..., Running]
-
-
-@pytest.fixture
-def srv(make_server: MakeServer) -> Running:
-    return make_server()
-
-
-@pytest.fixture
-def conn(srv: Running) -> Iterator[RawClient]:
-    c = RawClient(srv.port)
-    assert c.reply() == f"220 {HOSTNAME} ESMTP chasquid"
-    yield c
-    c.close()
 
 
 def _tls(c: RawClient, srv: Running) -> None:

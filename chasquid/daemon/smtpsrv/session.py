@@ -113,6 +113,10 @@ class SMTPSession(ProtocolAdapter):
         self.close_connection()
 
     def _log_error(self, text: str) -> None:
+        """``SMTP.Conn <ip>:<port>: error: <text>`` at WARNING: the line fail2ban's filter matches.
+
+        Changing its shape breaks the filter in etc/fail2ban and its tests.
+        """
         # fail2ban bans the address at the start of the line: behind a PROXY
         # it must be the real client, with the proxy's address kept alongside.
         who = self.state.tcp_peer
