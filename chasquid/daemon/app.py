@@ -12,9 +12,10 @@ after closing whatever had been started.
 A running daemon reloads users, aliases and domains every ``reload_every``
 seconds; ``reload(full=True)`` (SIGHUP) also reopens the logs and reloads
 domaininfo and the certificates. A file that fails to load keeps the version
-in force and is logged with its file and line. ``stop()`` stops listening,
-lets transactions in progress finish for up to SHUTDOWN_GRACE seconds, then
-stops the queue.
+in force and is logged with its file and line. ``stop()`` stops listening
+and starting delivery attempts, lets transactions and attempts in progress
+finish for up to ``shutdown_grace`` seconds (both within the same grace), and
+stops the queue once every outcome is on disk.
 
 The daemon runs in whichever event loop calls it and never touches the
 process's directory, signal handlers or executor: the ``chasquid`` command
@@ -72,7 +73,8 @@ from chasquid.version import source_date
 
 log = logging.getLogger("chasquid.daemon")
 
-#: How long stopping waits for transactions in progress before closing them.
+#: How long stopping waits for transactions and delivery attempts in progress
+#: before closing them.
 SHUTDOWN_GRACE = 30.0
 
 
@@ -92,6 +94,8 @@ class DaemonOptions:
     max_received_headers: int = 50
     #: Retry delays of the delivery loop (``--testing__retry_schedule``); () = the default.
     retry_schedule: tuple[float, ...] = ()
+    #: How long a stop lets transactions and delivery attempts in progress go on.
+    shutdown_grace: float = SHUTDOWN_GRACE
     #: Every flag with its value, for the monitoring server's /debug/flags.
     flags: tuple[Flag, ...] = ()
 
@@ -495,7 +499,7 @@ class Daemon:
             # Stop accepting, then let transactions in progress finish.
             for server in servers:
                 server.close()
-            await reception.sessions.drain(SHUTDOWN_GRACE)
+            await reception.sessions.drain(self.options.shutdown_grace)
 
         self._stack.push_async_callback(stop_serving)
         for lst in bound + [p for p in planned if p.via_systemd]:
@@ -593,6 +597,8 @@ class Daemon:
         await asyncio.shield(self._stopping)
 
     async def _stop(self) -> None:
+        # Attempts in flight go on during the sessions' drain, within one grace.
+        self.services.delivery.begin_stop(self.options.shutdown_grace)
         for task in list(self._reloads):
             task.cancel()
         await asyncio.gather(*self._reloads, return_exceptions=True)

@@ -180,6 +180,14 @@ def _bool_flag(name: str, help: str) -> Callable[[F], F]:
     "For tests only: delivery retry delays, comma-separated Go durations (e.g. 1s,2s,3s); "
     "the default is 1m,5m,10m,20m.",
 )
+@click.option(
+    *_names("testing__shutdown_grace"),
+    callback=_duration,
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="For tests only: how long a stop lets transactions and deliveries in progress go on.",
+)
 def command(
     config_dir: str,
     config_overrides: str,
@@ -191,6 +199,7 @@ def command(
     testing__reload_every: float,
     testing__max_received_headers: int,
     testing__retry_schedule: str,
+    testing__shutdown_grace: float,
 ) -> None:
     """Run the daemon (the docstring is not shown: click uses the help= text)."""
     from chasquid.daemon.app import DaemonOptions
@@ -214,6 +223,7 @@ def command(
         reload_every=testing__reload_every,
         max_received_headers=testing__max_received_headers,
         retry_schedule=_retry_schedule(testing__retry_schedule),
+        shutdown_grace=testing__shutdown_grace,
         flags=given_flags(click.get_current_context()),
     )
     sys.exit(run(options, mainlog))

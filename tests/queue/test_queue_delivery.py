@@ -19,6 +19,7 @@ from chasquid.daemon.courier.base import DeliveryError
 from chasquid.daemon.courier.mda import MDACourier
 from chasquid.daemon.courier.pipe import PipeCourier
 from chasquid.daemon.queue.delivery import (
+    INTERRUPTED_MESSAGE,
     Couriers,
     Delivery,
     next_delay,
@@ -380,6 +381,83 @@ async def test_stop_leaves_pending_items_for_next_start(tmp_path: Path) -> None:
     [state, message] = env.queue_files()
     assert message.name.startswith("m:") and message.read_bytes().endswith(MESSAGE)
     assert b"exit status 75" in state.read_bytes()
+
+
+@sync
+async def test_stop_lets_the_attempt_in_flight_end_and_records_it(tmp_path: Path) -> None:
+    env = make_env(tmp_path, "touch MAILBOX/../started; sleep 0.5\n" + DELIVER)
+    await env.queue.load()
+    await env.queue.put("a@local.test", ["b@local.test"], MESSAGE)
+    async with asyncio.timeout(10):
+        while not (tmp_path / "started").exists():
+            await asyncio.sleep(0.02)
+    await env.delivery.stop(grace=10)
+    assert len(env.delivered()) == 1
+    assert env.queue_files() == []
+    assert "all done" in env.log()
+
+
+@sync
+async def test_no_attempt_starts_while_stopping(tmp_path: Path) -> None:
+    env = make_env(tmp_path, DELIVER)
+    await env.queue.load()
+    env.delivery.begin_stop(grace=10)
+    await env.queue.put("a@local.test", ["b@local.test"], MESSAGE)
+    await env.delivery.stop()
+    assert env.delivered() == []
+    [message] = env.queue_files()
+    assert message.name.startswith("m:")
+
+
+@sync
+async def test_stop_records_an_attempt_still_running_at_the_end_of_the_grace(
+    tmp_path: Path,
+) -> None:
+    env = make_env(tmp_path, "touch MAILBOX/../started; sleep 30\n" + DELIVER)
+    await env.queue.load()
+    await env.queue.put("a@local.test", ["b@local.test"], MESSAGE)
+    async with asyncio.timeout(10):
+        while not (tmp_path / "started").exists():
+            await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):
+        await env.delivery.stop(grace=0.2)
+    assert env.delivered() == []
+    [state, message] = env.queue_files()
+    assert message.name.startswith("m:")
+    envelope = state.read_text()
+    assert '"status":"pending"' in envelope and INTERRUPTED_MESSAGE in envelope
+    assert "failed (temporary): " + INTERRUPTED_MESSAGE in env.log()
+
+
+@dataclass
+class StuckRemote(RecordingRemote):
+    """A remote server that never answers."""
+
+    async def deliver_many(
+        self, sender: str, rcpts: Sequence[str], body: Body, *, via: Sequence[str] = ()
+    ) -> dict[str, DeliveryError | None]:
+        self.calls.append((sender, tuple(rcpts), tuple(via)))
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@sync
+async def test_stop_records_a_remote_transaction_still_running_as_not_done(
+    tmp_path: Path,
+) -> None:
+    remote = StuckRemote()
+    env = make_env(tmp_path, DELIVER, remote=remote)
+    await env.queue.load()
+    await env.queue.put("a@local.test", ["x@remote.test", "y@remote.test"], MESSAGE)
+    async with asyncio.timeout(10):
+        while not remote.calls:
+            await asyncio.sleep(0.02)
+    async with asyncio.timeout(10):
+        await env.delivery.stop(grace=0.1)
+    [state, _] = env.queue_files()
+    envelope = state.read_text()
+    assert envelope.count('"status":"pending"') == 2
+    assert envelope.count(INTERRUPTED_MESSAGE) == 2
 
 
 def test_next_delay_schedule() -> None:

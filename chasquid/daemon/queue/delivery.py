@@ -69,6 +69,12 @@ LMTP_FAMILY = "Courier.LMTP"
 #: The text a recipient removed by ``queue remove`` is failed with.
 REMOVED_MESSAGE = "removed from the queue by the administrator"
 
+#: The temporary error of an attempt cut short because the daemon stopped.
+INTERRUPTED_MESSAGE = "delivery interrupted: the daemon stopped before the attempt ended"
+
+#: How long stopping lets delivery attempts in flight run to their end.
+DEFAULT_STOP_GRACE = 30.0
+
 
 @dataclass(frozen=True)
 class Couriers:
@@ -140,12 +146,21 @@ class ItemRunner:
     # --- the loop.
 
     async def run(self) -> None:
-        """Attempt until done or given up, then DSN and delete."""
+        """Attempt until done or given up, then DSN and delete.
+
+        Once the delivery is stopping no new round starts: the round in
+        flight ends (its outcomes written) and an item with recipients still
+        pending stays for the next start.
+        """
         d = self.delivery
         while self._age() < d.queue.give_up:
+            if d.stopping:
+                return
             await self.attempt_round()
             if not self.item.pending():
                 break
+            if d.stopping:
+                return
             delay = next_delay(self._age(), d.retry_schedule)
             self.trace.debug(f"waiting for {format_duration(round(delay))}")
             self.next_attempt = d.now() + timedelta(seconds=delay)
@@ -214,16 +229,23 @@ class ItemRunner:
     async def _single(self, i: int, courier: Courier, sender: str, kind: str) -> None:
         r = self.item.rcpts[i]
         self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind)
+        interrupted = False
         with self._attempt(ATTEMPT_FAMILIES[kind], [r.address]) as attempt:
             try:
                 await courier.deliver(sender, r.address, self.item.body)
                 error: DeliveryError | None = None
             except DeliveryError as e:
                 error = e
+            except asyncio.CancelledError:
+                if not self.delivery.interrupting:
+                    raise
+                error, interrupted = INTERRUPTED, True
             except Exception as e:
                 error = _unexpected(self.item.id, r.address, e)
             _note(attempt, r.address, error)
         await self.record(i, error)
+        if interrupted:
+            raise asyncio.CancelledError
 
     async def _remote(self, indexes: list[int], sender: str, via: tuple[str, ...]) -> None:
         remote = self.delivery.couriers.remote
@@ -244,18 +266,25 @@ class ItemRunner:
         rcpts = [self.item.rcpts[i].address for i in indexes]
         self.delivery.counters.inc(metrics.QUEUE_DELIVERY_ATTEMPTS, kind, by=len(indexes))
         errors: list[DeliveryError | None]
+        interrupted = False
         with self._attempt(family, rcpts) as attempt:
             try:
                 results = await call(rcpts)
                 errors = [results.get(r, _NO_RESULT) for r in rcpts]
             except DeliveryError as e:
                 errors = [e] * len(indexes)
+            except asyncio.CancelledError:
+                if not self.delivery.interrupting:
+                    raise
+                errors, interrupted = [INTERRUPTED] * len(indexes), True
             except Exception as e:
                 errors = [_unexpected(self.item.id, ", ".join(rcpts), e)] * len(indexes)
             for rcpt, error in zip(rcpts, errors, strict=True):
                 _note(attempt, rcpt, error)
         for i, error in zip(indexes, errors, strict=True):
             await self.record(i, error)
+        if interrupted:
+            raise asyncio.CancelledError
 
     async def record(self, i: int, error: DeliveryError | None) -> None:
         """Apply one attempt's outcome: write it durably first, then log it."""
@@ -325,6 +354,9 @@ def _note(attempt: Trace, rcpt: str, error: DeliveryError | None) -> None:
 #: A courier that leaves a recipient out of its results has a bug: retry that one later.
 _NO_RESULT = DeliveryError("the courier returned no result for this recipient", permanent=False)
 
+#: The outcome of an attempt stopped at the end of the shutdown grace: not done.
+INTERRUPTED = DeliveryError(INTERRUPTED_MESSAGE, permanent=False)
+
 
 def _unexpected(item_id: str, to: str, e: Exception) -> DeliveryError:
     # A bug in a courier must not kill the item's loop: retry later.
@@ -358,7 +390,14 @@ class Delivery:
         self.counters = counters if counters is not None else queue.counters
         self.now = now if now is not None else (lambda: datetime.now(UTC))
         self.runners: dict[str, ItemRunner] = {}
-        self._stopped = False
+        # Every loop's task, until it ends (a finishing item has left runners).
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: Set by begin_stop: no attempt starts any more.
+        self.stopping = False
+        #: Set when the grace has run out: attempts still running are cancelled
+        #: and recorded as not done.
+        self.interrupting = False
+        self._stop_deadline: float | None = None
 
     def items(self) -> list[QueueItem]:
         """Every item in the queue (for the monitoring pages)."""
@@ -370,13 +409,16 @@ class Delivery:
 
     def start_item(self, item: QueueItem) -> None:
         """Start the loop of a new item (the queue's on_new_item callback)."""
-        if self._stopped or item.id in self.runners:
+        if self.stopping or item.id in self.runners:
+            # While stopping, a new item waits on disk for the next start.
             return
         runner = ItemRunner(self, item)
         self.runners[item.id] = runner
         runner.task = asyncio.get_running_loop().create_task(
             self._guarded(runner), name=f"queue-item-{item.id}"
         )
+        self._tasks.add(runner.task)
+        runner.task.add_done_callback(self._tasks.discard)
 
     async def _guarded(self, runner: ItemRunner) -> None:
         try:
@@ -456,16 +498,41 @@ class Delivery:
         runner = self.runners.get(item_id)
         return runner.next_attempt if runner is not None else None
 
-    async def stop(self) -> None:
-        """Stop every loop without touching the items: pending ones resume at the next start."""
-        self._stopped = True
-        runners = list(self.runners.values())
-        for runner in runners:
-            if runner.task is not None:
-                runner.task.cancel()
-        tasks = [r.task for r in runners if r.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for runner in runners:
+    def begin_stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
+        """Start no new attempt; those in flight may run for ``grace`` seconds more.
+
+        Loops waiting for their next round end at once. ``stop`` waits for the
+        others. Calling it again does not move the deadline.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stop_deadline = asyncio.get_running_loop().time() + grace
+        for runner in self.runners.values():
+            runner.wake.set()
+
+    async def stop(self, grace: float = DEFAULT_STOP_GRACE) -> None:
+        """Stop every loop: attempts in flight end and their outcomes are on disk first.
+
+        Attempts still running when the grace (from ``begin_stop``, or from
+        now) runs out are stopped (the program killed, the connection
+        closed) and recorded as not done: those recipients stay pending, with
+        INTERRUPTED_MESSAGE as their last error, and are retried at the next
+        start. So a clean stop never delivers a message twice.
+        """
+        self.begin_stop(grace)
+        assert self._stop_deadline is not None
+        loop = asyncio.get_running_loop()
+        tasks = set(self._tasks)
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=max(self._stop_deadline - loop.time(), 0))
+            if late:
+                log.info("stopping %d delivery attempts still running after the grace", len(late))
+                self.interrupting = True
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+        for runner in list(self.runners.values()):
             await runner.settle_writes()
         if self.couriers.lmtp is not None:
             await self.couriers.lmtp.close()
